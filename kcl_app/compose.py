@@ -1,0 +1,147 @@
+"""The composition root: the one place where boto3 sessions, clients and the engine are built.
+
+Everything else receives its clients, clock and sinks as constructor arguments.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import boto3
+import botocore.session
+from botocore.config import Config as BotoConfig
+from botocore.credentials import AssumeRoleCredentialFetcher, DeferredRefreshableCredentials
+
+from kcl_app.adapters.clock import SystemClock
+from kcl_app.adapters.dead_letters import DirectoryDeadLetters, SqsDeadLetters
+from kcl_app.adapters.inline_writer import InlineWriter
+from kcl_app.adapters.ledger_writer import LedgerWriter, ensure_ledger
+from kcl_app.adapters.metrics import EmfMetrics
+from kcl_app.config import Config, TargetConfig
+from kcl_app.pipeline import POISON_STORE, UNMAPPED_STORE, Pipeline
+from kcl_app.ports import Clock, DeadLetterSink, Metrics, TargetWriter
+
+log = logging.getLogger("tablesync.compose")
+
+
+def boto_config(max_pool: int = 32, timeout: float = 10.0) -> BotoConfig:
+    # Our writers own retries (budget, parking); botocore retrying underneath would hide time.
+    return BotoConfig(
+        retries={"mode": "standard", "max_attempts": 1},
+        max_pool_connections=max_pool,
+        connect_timeout=timeout,
+        read_timeout=timeout,
+    )
+
+
+def session_for(target: TargetConfig, base: boto3.Session | None = None) -> boto3.Session:
+    """A session for a target: the worker's own credentials, or an assumed role refreshed before expiry.
+
+    botocore refreshes DeferredRefreshableCredentials ahead of expiry (its advisory and mandatory
+    refresh windows), so long-running workers never write with expired credentials."""
+    base = base or boto3.Session()
+    if not target.role_arn:
+        return base
+    extra: dict[str, Any] = {"RoleSessionName": f"tablesync-{target.name}"[:64]}
+    if target.external_id:
+        extra["ExternalId"] = target.external_id
+    sts_endpoint = target.endpoint_url
+
+    def client_creator(service: str, **kwargs: Any) -> Any:
+        if sts_endpoint and "endpoint_url" not in kwargs:
+            kwargs["endpoint_url"] = sts_endpoint
+        return base.client(service, region_name=target.region, **kwargs)
+
+    fetcher = AssumeRoleCredentialFetcher(
+        client_creator=client_creator,
+        source_credentials=base.get_credentials(),
+        role_arn=target.role_arn,
+        extra_args=extra,
+    )
+    core = botocore.session.Session()
+    core._credentials = DeferredRefreshableCredentials(  # noqa: SLF001 - the documented way to plug a provider
+        refresh_using=fetcher.fetch_credentials, method="assume-role"
+    )
+    return boto3.Session(botocore_session=core, region_name=target.region)
+
+
+def dynamodb_client(target: TargetConfig, session: boto3.Session | None = None) -> Any:
+    session = session or session_for(target)
+    return session.client(
+        "dynamodb",
+        region_name=target.region,
+        endpoint_url=target.endpoint_url,
+        config=boto_config(max_pool=max(10, target.max_concurrency * 2)),
+    )
+
+
+def make_writer(target: TargetConfig, config: Config, clock: Clock, client: Any | None = None,
+                prepare: bool = True) -> TargetWriter:
+    client = client or dynamodb_client(target)
+    if target.mode == "inline":
+        return InlineWriter(target.name, client, target.table, clock, target.version_attribute,
+                            max_concurrency=max(4, target.max_concurrency * 4))
+    if prepare and target.create_ledger:
+        try:
+            ensure_ledger(client, target.ledger)
+        except Exception as exc:  # the target may be down at start: its writes will park
+            log.warning("target %s: cannot prepare ledger %s now (%s); changes will park until it exists",
+                        target.name, target.ledger, exc)
+    return LedgerWriter(target.name, client, target.table, target.ledger, clock,
+                        tombstone_ttl_seconds=config.tombstone_ttl_seconds,
+                        max_concurrency=target.max_concurrency)
+
+
+def make_dead_letters(config: Config, base_dir: str | None = None) -> DeadLetterSink:
+    """One sink for all stores. Directory stores share a root; SQS stores map store -> queue."""
+    first = config.targets[0].dead_letter
+    if first.kind == "dir":
+        root = first.path
+        if base_dir and not os.path.isabs(root):
+            root = os.path.join(base_dir, root)
+        return DirectoryDeadLetters(root)
+    urls = {t.name: t.dead_letter.queue_url for t in config.targets if t.dead_letter.queue_url}
+    client = boto3.client("sqs", region_name=first.region or config.targets[0].region,
+                          endpoint_url=first.endpoint_url, config=boto_config())
+    return SqsDeadLetters(client, {k: v for k, v in urls.items() if v},
+                          default_url=first.queue_url)
+
+
+@dataclass
+class Engine:
+    config: Config
+    pipeline: Pipeline
+    writers: Mapping[str, TargetWriter]
+    dead_letters: DeadLetterSink
+
+    def close(self) -> None:
+        self.pipeline.close()
+        for writer in self.writers.values():
+            close = getattr(writer, "close", None)
+            if close:
+                close()
+
+
+def build_engine(config: Config, *, clock: Clock | None = None, metrics: Metrics | None = None,
+                 dead_letters: DeadLetterSink | None = None, clients: Mapping[str, Any] | None = None,
+                 prepare: bool = True) -> Engine:
+    clock = clock or SystemClock()
+    metrics = metrics or EmfMetrics(namespace=config.metrics_namespace)
+    dead_letters = dead_letters or make_dead_letters(config)
+    writers = {
+        t.name: make_writer(t, config, clock, (clients or {}).get(t.name), prepare) for t in config.targets
+    }
+    pipeline = Pipeline(
+        config.rules(), writers, dead_letters, metrics, clock,
+        retry_budget_seconds={t.name: t.retry_budget_seconds for t in config.targets},
+        unmapped=config.unmapped,
+        precision=config.precision,
+    )
+    return Engine(config, pipeline, writers, dead_letters)
+
+
+__all__ = ["POISON_STORE", "UNMAPPED_STORE", "Engine", "build_engine", "session_for"]

@@ -1,0 +1,151 @@
+"""From a batch of decoded changes to the writes each target needs, and back to a checkpoint.
+
+Pure: no I/O. The pipeline calls `plan_batch`, hands each target its writes, then asks
+`safe_checkpoint` how far the batch is settled.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+from kcl_app.core.attrs import MAX_ITEM_BYTES, Item, item_size, project
+from kcl_app.core.records import Change
+from kcl_app.core.versions import Version
+
+TtlPolicy = Literal["replicate", "skip"]
+Transform = Callable[[Item], Item | None]
+
+
+@dataclass(frozen=True)
+class TargetRule:
+    """What a target wants from a source table (the pure half of a target's configuration)."""
+
+    name: str
+    source_table: str
+    include: tuple[str, ...] | None = None
+    exclude: tuple[str, ...] = ()
+    ttl_deletes: TtlPolicy = "replicate"
+    transform: Transform | None = None
+
+    def shape(self, change: Change) -> Item | None:
+        """The item this target must hold after `change` (None: the key must be absent).
+
+        Raises ValueError when the transform breaks the item (changes a key, returns a non-item)."""
+        if change.new_image is None:
+            return None
+        item = project(change.new_image, change.key, self.include, self.exclude)
+        if self.transform is None:
+            return item
+        shaped = self.transform(dict(item))
+        if shaped is None:
+            return None
+        if not isinstance(shaped, dict):
+            raise ValueError(f"transform returned {type(shaped).__name__}, not an item (dict) or None")
+        for name, value in change.key.items():
+            if shaped.get(name) != value:
+                raise ValueError(f"transform changed or removed key attribute {name!r}")
+        return shaped
+
+
+@dataclass(frozen=True, slots=True)
+class Write:
+    """One fenced write: make `key` hold `item` (or be absent) at `version`, unless newer is there."""
+
+    target: str
+    key: Item
+    key_id: str
+    version: Version
+    item: Item | None
+    change: Change
+    records: tuple[int, ...]
+
+    @property
+    def is_delete(self) -> bool:
+        return self.item is None
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    """A change a target cannot take, whatever the retries (to be parked with the reason)."""
+
+    target: str
+    change: Change
+    reason: str
+    records: tuple[int, ...]
+
+
+@dataclass
+class TargetPlan:
+    writes: list[Write] = field(default_factory=list)
+    rejected: list[Rejected] = field(default_factory=list)
+    skipped_ttl: int = 0
+    coalesced: int = 0
+
+
+def plan_batch(
+    changes: Sequence[tuple[int, Change]], rules: Sequence[TargetRule]
+) -> dict[str, TargetPlan]:
+    """Coalesce per (target, key) to the newest version and shape each winner for its target.
+
+    `changes` pairs each decoded change with its record index in the batch. Every index that a
+    target's rule covers ends up in exactly one Write or Rejected of that target's plan, or is
+    counted in `skipped_ttl`, so `safe_checkpoint` can account for it.
+    """
+    by_table: dict[str, list[TargetRule]] = {}
+    for rule in rules:
+        by_table.setdefault(rule.source_table, []).append(rule)
+    plans: dict[str, TargetPlan] = {rule.name: TargetPlan() for rule in rules}
+    newest: dict[tuple[str, str], tuple[Change, list[int]]] = {}
+    for index, change in changes:
+        for rule in by_table.get(change.table, ()):
+            if change.ttl_delete and rule.ttl_deletes == "skip":
+                plans[rule.name].skipped_ttl += 1
+                continue
+            slot = (rule.name, change.key_id)
+            seen = newest.get(slot)
+            if seen is None:
+                newest[slot] = (change, [index])
+                continue
+            seen[1].append(index)
+            plans[rule.name].coalesced += 1
+            if change.version > seen[0].version:
+                newest[slot] = (change, seen[1])
+    rule_by_name = {rule.name: rule for rule in rules}
+    for (target, kid), (change, indexes) in newest.items():
+        rule = rule_by_name[target]
+        records = tuple(indexes)
+        try:
+            item = rule.shape(change)
+        except Exception as exc:  # noqa: BLE001 - user code: any failure parks the change
+            plans[target].rejected.append(Rejected(target, change, f"transform failed: {exc!r}", records))
+            continue
+        if item is not None and (size := item_size(item)) > MAX_ITEM_BYTES:
+            reason = f"item of {size} bytes exceeds DynamoDB's 400 KB limit after projection/transform"
+            plans[target].rejected.append(Rejected(target, change, reason, records))
+            continue
+        plans[target].writes.append(Write(target, change.key, kid, change.version, item, change, records))
+    return plans
+
+
+def safe_checkpoint(batch_size: int, unresolved: Iterable[int]) -> int:
+    """Index of the last record that may be checkpointed (-1: none).
+
+    Everything up to and including that index is applied or durably parked for every target."""
+    first_bad = min(unresolved, default=batch_size)
+    return first_bad - 1
+
+
+def records_of(items: Iterable[Write | Rejected]) -> set[int]:
+    out: set[int] = set()
+    for item in items:
+        out.update(item.records)
+    return out
+
+
+def group_by_target(entries: Iterable[Write]) -> Mapping[str, list[Write]]:
+    out: dict[str, list[Write]] = {}
+    for entry in entries:
+        out.setdefault(entry.target, []).append(entry)
+    return out

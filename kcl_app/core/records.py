@@ -1,0 +1,126 @@
+"""Decoding of DynamoDB Kinesis-streaming-destination records into Changes.
+
+The record is the JSON document the destination writes (AWS documentation, "Kinesis Data
+Streams record format" for DynamoDB)::
+
+    {"awsRegion", "eventID", "eventName": INSERT|MODIFY|REMOVE, "userIdentity",
+     "recordFormat": "application/json", "tableName",
+     "dynamodb": {"ApproximateCreationDateTime", "Keys", "NewImage", "OldImage", "SizeBytes"},
+     "eventSource": "aws:dynamodb"}
+
+`decode` never raises anything but PoisonRecord: whatever is wrong with the bytes becomes a reason.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from kcl_app.core.attrs import Item, item_from_wire, key_id
+from kcl_app.core.errors import PoisonRecord
+from kcl_app.core.versions import Precision, Version, to_micros
+
+EventName = Literal["INSERT", "MODIFY", "REMOVE"]
+_EVENTS = ("INSERT", "MODIFY", "REMOVE")
+TTL_PRINCIPAL = "dynamodb.amazonaws.com"
+
+
+@dataclass(frozen=True, slots=True)
+class RawRecord:
+    """One Kinesis record as delivered, position included. `data` is the decoded payload."""
+
+    data: bytes
+    sequence_number: str
+    sub_sequence_number: int = 0
+    partition_key: str = ""
+    shard_id: str = ""
+    arrival_millis: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """One item change of one source table, in API form."""
+
+    table: str
+    event: EventName
+    key: Item
+    key_id: str
+    new_image: Item | None
+    version: Version
+    ttl_delete: bool
+    event_id: str
+    region: str = ""
+    size_bytes: int = 0
+    raw: RawRecord | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def is_delete(self) -> bool:
+        return self.event == "REMOVE"
+
+    @property
+    def created_millis(self) -> float:
+        return self.version.micros / 1000.0
+
+
+def _field(doc: dict[str, Any], name: str, kind: type, where: str = "") -> Any:
+    if name not in doc:
+        raise PoisonRecord(f"missing field {where}{name}")
+    value = doc[name]
+    if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
+        raise PoisonRecord(f"field {where}{name} must be {kind.__name__}")
+    return value
+
+
+def decode(raw: RawRecord, precision: Precision = "auto") -> Change:
+    """Decode one destination record. Raises PoisonRecord (with the reason) on any defect."""
+    try:
+        doc = json.loads(raw.data)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise PoisonRecord(f"not JSON: {exc}") from exc
+    if not isinstance(doc, dict):
+        raise PoisonRecord("not a JSON object")
+    event = _field(doc, "eventName", str)
+    if event not in _EVENTS:
+        raise PoisonRecord(f"unknown eventName {event!r}")
+    table = _field(doc, "tableName", str)
+    event_id = _field(doc, "eventID", str)
+    ddb = _field(doc, "dynamodb", dict)
+    created = ddb.get("ApproximateCreationDateTime")
+    try:
+        micros = to_micros(created, precision)  # type: ignore[arg-type]
+    except ValueError as exc:
+        raise PoisonRecord(f"dynamodb.ApproximateCreationDateTime: {exc}") from exc
+    try:
+        key = item_from_wire(_field(ddb, "Keys", dict, "dynamodb."), "dynamodb.Keys")
+        if not key:
+            raise PoisonRecord("dynamodb.Keys is empty")
+        new_image = None
+        if event != "REMOVE":
+            new_image = item_from_wire(_field(ddb, "NewImage", dict, "dynamodb."), "dynamodb.NewImage")
+            for name, value in key.items():
+                if new_image.get(name) != value:
+                    raise PoisonRecord(f"dynamodb.NewImage does not carry key attribute {name!r}")
+    except ValueError as exc:
+        raise PoisonRecord(str(exc)) from exc
+    identity = doc.get("userIdentity") or {}
+    ttl_delete = (
+        event == "REMOVE"
+        and isinstance(identity, dict)
+        and identity.get("type") == "Service"
+        and identity.get("principalId") == TTL_PRINCIPAL
+    )
+    size = ddb.get("SizeBytes", 0)
+    return Change(
+        table=table,
+        event=event,
+        key=key,
+        key_id=key_id(key),
+        new_image=new_image,
+        version=Version(micros, event_id),
+        ttl_delete=ttl_delete,
+        event_id=event_id,
+        region=doc.get("awsRegion", "") if isinstance(doc.get("awsRegion"), str) else "",
+        size_bytes=size if isinstance(size, int) else 0,
+        raw=raw,
+    )

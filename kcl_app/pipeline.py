@@ -1,0 +1,215 @@
+"""One batch of stream records through the engine, in numbered steps, talking only to ports.
+
+Contract (what a caller may rely on): `process` returns a BatchResult whose `checkpoint_index`
+is the highest record index such that this record and every one before it has been applied to
+every target it is routed to, or durably parked with its reason. If parking itself fails, the
+records concerned (and all after them) are left unsettled, and the caller must not checkpoint
+past them. `process` does not raise for AWS errors, malformed records or user transform errors.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Literal
+
+from kcl_app.adapters.retry import Backoff
+from kcl_app.core.errors import ParkFailed, PoisonRecord
+from kcl_app.core.plan import TargetPlan, TargetRule, plan_batch, safe_checkpoint
+from kcl_app.core.records import Change, RawRecord, decode
+from kcl_app.core.versions import Precision
+from kcl_app.ports import ApplyResult, Clock, DeadLetter, DeadLetterSink, Metrics, TargetWriter
+
+log = logging.getLogger("tablesync.pipeline")
+
+POISON_STORE = "_poison"
+UNMAPPED_STORE = "_unmapped"
+PARK_ATTEMPTS = 5
+
+
+@dataclass
+class TargetCounts:
+    applied: int = 0
+    stale: int = 0
+    duplicate: int = 0
+    coalesced: int = 0
+    parked: int = 0
+    retries: int = 0
+    ttl_skipped: int = 0
+    lag_ms: list[float] = field(default_factory=list)
+
+
+@dataclass
+class BatchResult:
+    size: int
+    checkpoint_index: int
+    targets: dict[str, TargetCounts]
+    poison: int = 0
+    unmapped: int = 0
+    unsettled: frozenset[int] = frozenset()
+
+    @property
+    def complete(self) -> bool:
+        return self.checkpoint_index == self.size - 1
+
+
+class Pipeline:
+    def __init__(
+        self,
+        rules: Sequence[TargetRule],
+        writers: Mapping[str, TargetWriter],
+        dead_letters: DeadLetterSink,
+        metrics: Metrics,
+        clock: Clock,
+        *,
+        retry_budget_seconds: Mapping[str, float] | float = 30.0,
+        unmapped: Literal["skip", "park"] = "skip",
+        precision: Precision = "auto",
+        backoff: Backoff | None = None,
+    ) -> None:
+        missing = {r.name for r in rules} - set(writers)
+        if missing:
+            raise ValueError(f"no writer for targets {sorted(missing)}")
+        self.rules = list(rules)
+        self.writers = dict(writers)
+        self.dead_letters = dead_letters
+        self.metrics = metrics
+        self.clock = clock
+        self.unmapped = unmapped
+        self.precision = precision
+        self.backoff = backoff or Backoff(base=0.1, cap=2.0)
+        self._tables = {r.source_table for r in rules}
+        if isinstance(retry_budget_seconds, int | float):
+            self.budgets = {r.name: float(retry_budget_seconds) for r in rules}
+        else:
+            self.budgets = {r.name: float(retry_budget_seconds.get(r.name, 30.0)) for r in rules}
+        self._pool = ThreadPoolExecutor(max(1, len(self.writers)), thread_name_prefix="ts-target")
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+
+    def process(self, records: Sequence[RawRecord], only: Iterable[str] | None = None) -> BatchResult:
+        """Apply a batch to every target (or to the targets named in `only`, for redrive)."""
+        rules = self.rules if only is None else [r for r in self.rules if r.name in set(only)]
+        result = BatchResult(len(records), -1, {r.name: TargetCounts() for r in rules})
+        unsettled: set[int] = set()
+
+        # 1 decode; undecodable records are parked as poison with their raw bytes
+        changes: list[tuple[int, Change]] = []
+        poison: list[tuple[int, DeadLetter]] = []
+        unmapped: list[tuple[int, DeadLetter]] = []
+        for index, raw in enumerate(records):
+            try:
+                change = decode(raw, self.precision)
+            except PoisonRecord as exc:
+                poison.append((index, self._letter(POISON_STORE, f"undecodable record: {exc}", raw)))
+                continue
+            # 2 route: records of tables no target wants are counted, and skipped or parked
+            if change.table not in self._tables:
+                result.unmapped += 1
+                if self.unmapped == "park":
+                    unmapped.append((index, self._letter(UNMAPPED_STORE, f"no target for table {change.table!r}", raw)))
+                continue
+            changes.append((index, change))
+        result.poison = len(poison)
+        if poison:
+            log.error("parking %d undecodable records, first: %s", len(poison), poison[0][1].reason)
+        unsettled |= self._park(poison + unmapped)
+
+        # 3 plan: coalesce per (target, key) to the newest version; shape per target
+        plans = plan_batch(changes, rules)
+
+        # 4 apply to every target concurrently, each within its own retry budget
+        start = self.clock.monotonic()
+        futures = {
+            name: self._pool.submit(self._apply, name, plan, start + self.budgets[name])
+            for name, plan in plans.items()
+        }
+        now_ms = self.clock.now() * 1000.0
+        for name, future in futures.items():
+            plan = plans[name]
+            applied = future.result()
+            counts = result.targets[name]
+            counts.applied = len(applied.applied)
+            counts.stale = len(applied.stale)
+            counts.duplicate = len(applied.duplicate)
+            counts.coalesced = plan.coalesced
+            counts.retries = applied.retries
+            counts.ttl_skipped = plan.skipped_ttl
+            counts.lag_ms = [now_ms - w.change.created_millis for w in applied.applied]
+
+            # 5 park what the target cannot take (rejected by the plan, or failed in the budget)
+            letters = [(r.records, self._letter(name, r.reason, r.change.raw, r.change)) for r in plan.rejected]
+            letters += [(w.records, self._letter(name, why, w.change.raw, w.change)) for w, why in applied.failed]
+            if letters:
+                reasons = Counter(letter.reason.split(";")[0] for _, letter in letters)
+                log.warning("target %s: parking %d changes (%s)", name, len(letters), dict(reasons))
+            counts.parked = len(letters)
+            flat = [(i, letter) for idx, letter in letters for i in idx]
+            unsettled |= self._park(flat, dedupe=True)
+
+        # 6 the checkpoint: the last record with everything up to it settled
+        result.unsettled = frozenset(unsettled)
+        result.checkpoint_index = safe_checkpoint(len(records), unsettled)
+
+        # 7 metrics, one EMF document per target
+        for name, counts in result.targets.items():
+            self.metrics.emit(
+                {"Target": name},
+                {"Applied": counts.applied, "StaleSkipped": counts.stale, "Duplicates": counts.duplicate,
+                 "Coalesced": counts.coalesced, "Parked": counts.parked, "Retries": counts.retries},
+                {"LagMs": counts.lag_ms},
+            )
+        if result.poison or result.unmapped:
+            self.metrics.emit({"Target": "_stream"}, {"Poison": result.poison, "Unmapped": result.unmapped})
+        return result
+
+    def _apply(self, name: str, plan: TargetPlan, deadline: float) -> ApplyResult:
+        if not plan.writes:
+            return ApplyResult()
+        try:
+            return self.writers[name].apply(plan.writes, deadline)
+        except Exception as exc:  # a writer bug must park, not lose or crash the shard
+            log.exception("target %s: writer raised", name)
+            return ApplyResult(failed=[(w, f"writer error: {exc!r}") for w in plan.writes])
+
+    def _letter(self, store: str, reason: str, raw: RawRecord | None, change: Change | None = None) -> DeadLetter:
+        raw = raw or RawRecord(b"", "")
+        return DeadLetter(
+            store=store,
+            reason=reason,
+            data=raw.data,
+            sequence_number=raw.sequence_number,
+            shard_id=raw.shard_id,
+            parked_at=self.clock.now(),
+            key_id=change.key_id if change else "",
+            version=change.version.token() if change else "",
+        )
+
+    def _park(self, letters: Sequence[tuple[int, DeadLetter]], dedupe: bool = False) -> set[int]:
+        """Park durably; returns the record indexes that could NOT be parked (empty on success)."""
+        if not letters:
+            return set()
+        unique: list[DeadLetter] = []
+        seen: set[int] = set()
+        for _, letter in letters:
+            if dedupe and id(letter) in seen:
+                continue
+            seen.add(id(letter))
+            unique.append(letter)
+        deadline = self.clock.monotonic() + 10.0
+        attempt = 0
+        while True:
+            try:
+                self.dead_letters.park(unique)
+                return set()
+            except ParkFailed as exc:
+                if not self.backoff.wait(self.clock, attempt, deadline):
+                    log.critical("cannot park %d entries, nothing past them will be checkpointed: %s",
+                                 len(unique), exc)
+                    return {i for i, _ in letters}
+                attempt += 1
+

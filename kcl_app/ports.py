@@ -1,0 +1,115 @@
+"""The engine's ports. Adapters implement them; the pipeline talks to nothing else."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+from kcl_app.core.plan import Write
+
+Outcome = Literal["applied", "stale", "duplicate"]
+
+
+@dataclass
+class ApplyResult:
+    """What a target made of a list of writes. Every write appears in exactly one of the lists.
+
+    `failed` pairs a write with the reason it could not be applied within the retry budget; the
+    caller parks those. `retries` counts retried calls (throttling, conflicts, 5xx, outages)."""
+
+    applied: list[Write] = field(default_factory=list)
+    stale: list[Write] = field(default_factory=list)
+    duplicate: list[Write] = field(default_factory=list)
+    failed: list[tuple[Write, str]] = field(default_factory=list)
+    retries: int = 0
+
+
+class TargetWriter(Protocol):
+    """Fenced writes into one target table."""
+
+    name: str
+
+    def apply(self, writes: Sequence[Write], deadline: float) -> ApplyResult:
+        """Apply each write unless the target has seen a newer or equal version of its key.
+
+        Idempotent: re-applying a write is a no-op. Retries transient failures until the
+        monotonic `deadline`, then reports what is left in `failed`. Never raises for AWS errors."""
+        ...
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """A parked change: everything needed to redrive it later (the raw record, not a derivative)."""
+
+    store: str
+    reason: str
+    data: bytes
+    sequence_number: str
+    shard_id: str
+    parked_at: float
+    key_id: str = ""
+    version: str = ""
+
+    def to_json(self) -> dict[str, object]:
+        import base64
+
+        return {
+            "store": self.store,
+            "reason": self.reason,
+            "data": base64.b64encode(self.data).decode("ascii"),
+            "sequence_number": self.sequence_number,
+            "shard_id": self.shard_id,
+            "parked_at": self.parked_at,
+            "key_id": self.key_id,
+            "version": self.version,
+        }
+
+    @classmethod
+    def from_json(cls, doc: Mapping[str, object]) -> DeadLetter:
+        import base64
+
+        return cls(
+            store=str(doc["store"]),
+            reason=str(doc["reason"]),
+            data=base64.b64decode(str(doc["data"])),
+            sequence_number=str(doc.get("sequence_number", "")),
+            shard_id=str(doc.get("shard_id", "")),
+            parked_at=float(str(doc.get("parked_at", 0.0))),
+            key_id=str(doc.get("key_id", "")),
+            version=str(doc.get("version", "")),
+        )
+
+
+class DeadLetterSink(Protocol):
+    """Durable parking per store (one store per target, plus `_poison` for undecodable records)."""
+
+    def park(self, entries: Sequence[DeadLetter]) -> None:
+        """Store every entry durably before returning; raise ParkFailed otherwise (all or nothing
+        is not required: a retry may store an entry twice, redrive is idempotent)."""
+        ...
+
+    def read(self, store: str) -> Iterator[tuple[str, DeadLetter]]:
+        """Yield (handle, entry) for the entries of one store."""
+        ...
+
+    def remove(self, store: str, handles: Sequence[str]) -> None:
+        """Delete settled entries by handle."""
+        ...
+
+
+class Metrics(Protocol):
+    def emit(self, dimensions: Mapping[str, str], counters: Mapping[str, float],
+             samples: Mapping[str, Sequence[float]] | None = None) -> None:
+        """Publish one set of counters (and value samples, e.g. lag) under the given dimensions."""
+        ...
+
+
+class Clock(Protocol):
+    def now(self) -> float:
+        """Wall-clock seconds since the epoch."""
+        ...
+
+    def monotonic(self) -> float: ...
+
+    def sleep(self, seconds: float) -> None: ...
