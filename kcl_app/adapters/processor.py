@@ -1,0 +1,152 @@
+"""The KCL record processor (amazon-kclpy v3): drives the replication engine for one shard.
+
+Contract with the daemon, and how each failure is owned here (kclpy catches exceptions raised
+by a processor, logs them and still reports success, so nothing may be left to raise):
+
+1. `process_records`: decode, apply to every target or park, then checkpoint at the highest
+   record that is settled everywhere. If a batch cannot be settled (a dead-letter store is down)
+   or the engine fails unexpectedly, the process exits with an error before anything later can be
+   checkpointed; the daemon then stops, its supervisor restarts it, and the records after the
+   last checkpoint are delivered again (writes are idempotent).
+2. `shard_ended`: everything delivered is already settled; checkpoint SHARD_END (required, or
+   the child shards stay blocked).
+3. `lease_lost`: stop; never checkpoint (another worker owns the shard now).
+4. `shutdown_requested`: nothing is in flight between calls; checkpoint the last settled record.
+Checkpoint errors: Throttling / KinesisClientLibDependency are retried with backoff; Shutdown
+means the lease is gone; InvalidState / IllegalArgument are bugs and are logged as such.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from amazon_kclpy.checkpoint_error import CheckpointError
+from amazon_kclpy.v3.processor import RecordProcessorBase
+
+from kcl_app import logs
+from kcl_app.adapters.retry import Backoff
+from kcl_app.core.records import RawRecord
+from kcl_app.pipeline import Pipeline
+from kcl_app.ports import Clock, Metrics
+
+log = logging.getLogger("tablesync.processor")
+
+EXIT_UNSETTLED = 3  # a batch could neither be applied nor parked
+EXIT_ENGINE_BUG = 70
+
+
+class CheckpointFailure(enum.Enum):
+    RETRY = "retry"
+    LEASE_GONE = "lease_gone"
+    BUG = "bug"
+
+    @classmethod
+    def of(cls, error: CheckpointError) -> CheckpointFailure:
+        value = str(getattr(error, "value", error))
+        if value in ("ThrottlingException", "KinesisClientLibDependencyException"):
+            return cls.RETRY
+        if value == "ShutdownException":
+            return cls.LEASE_GONE
+        return cls.BUG
+
+
+class ReplicationProcessor(RecordProcessorBase):
+    def __init__(self, pipeline_factory: Callable[[], Pipeline], clock: Clock, metrics: Metrics,
+                 backoff: Backoff | None = None, checkpoint_attempts: int = 6,
+                 exit: Callable[[int], Any] = sys.exit) -> None:
+        self._factory = pipeline_factory
+        self.clock = clock
+        self.metrics = metrics
+        self.backoff = backoff or Backoff(base=0.2, cap=5.0)
+        self.checkpoint_attempts = checkpoint_attempts
+        self._exit = exit
+        self.pipeline: Pipeline | None = None
+        self.shard_id = ""
+        self.lease_held = True
+        self.last_settled: tuple[str, int] | None = None
+
+    # -- the KCL lifecycle ----------------------------------------------------------------------
+    def initialize(self, initialize_input: Any) -> None:
+        self.shard_id = initialize_input.shard_id
+        logs.add_static(shard=self.shard_id)
+        log.info("initialize at %s", initialize_input.sequence_number)
+        self.pipeline = self._factory()
+
+    def process_records(self, process_records_input: Any) -> None:
+        if not self.lease_held:
+            log.warning("records after lease loss ignored")
+            return
+        try:
+            records = [self._raw(r) for r in process_records_input.records]
+            assert self.pipeline is not None, "initialize was not called"
+            result = self.pipeline.process(records)
+        except Exception:
+            log.critical("engine failed on a batch; exiting so that nothing past it is checkpointed",
+                         exc_info=True)
+            self._exit(EXIT_ENGINE_BUG)
+            return
+        behind = process_records_input.millis_behind_latest
+        self.metrics.emit({"Shard": self.shard_id}, {"Records": len(records)},
+                          {"MillisBehindLatest": [float(behind)] if behind is not None else []})
+        if result.checkpoint_index >= 0:
+            last = records[result.checkpoint_index]
+            self.last_settled = (last.sequence_number, last.sub_sequence_number)
+            self._checkpoint(process_records_input.checkpointer, *self.last_settled)
+        if not result.complete:
+            log.critical("batch not settled after record %d of %d (dead-letter store failing); exiting "
+                         "so that the records are delivered again after restart",
+                         result.checkpoint_index, result.size)
+            self._exit(EXIT_UNSETTLED)
+
+    def lease_lost(self, lease_lost_input: Any) -> None:
+        self.lease_held = False
+        log.warning("lease lost: stopping without checkpoint")
+
+    def shard_ended(self, shard_ended_input: Any) -> None:
+        log.info("shard ended: checkpointing SHARD_END")
+        self._checkpoint(shard_ended_input.checkpointer, None, None)
+
+    def shutdown_requested(self, shutdown_requested_input: Any) -> None:
+        log.info("shutdown requested: checkpointing %s", self.last_settled)
+        if self.last_settled is not None and self.lease_held:
+            self._checkpoint(shutdown_requested_input.checkpointer, *self.last_settled)
+
+    # -- helpers ----------------------------------------------------------------------------------
+    def _raw(self, record: Any) -> RawRecord:
+        try:
+            data = record.binary_data
+        except Exception as exc:  # not base64: keep the text so the poison entry is complete
+            log.error("record %s: payload is not base64 (%s)", record.sequence_number, exc)
+            data = str(getattr(record, "_data", "")).encode()
+        return RawRecord(
+            data=data,
+            sequence_number=record.sequence_number,
+            sub_sequence_number=record.sub_sequence_number or 0,
+            partition_key=record.partition_key,
+            shard_id=self.shard_id,
+            arrival_millis=record.timestamp_millis,
+        )
+
+    def _checkpoint(self, checkpointer: Any, sequence: str | None, sub: int | None) -> bool:
+        for attempt in range(self.checkpoint_attempts):
+            try:
+                checkpointer.checkpoint(sequence, sub)
+                return True
+            except CheckpointError as err:
+                kind = CheckpointFailure.of(err)
+                if kind is CheckpointFailure.LEASE_GONE:
+                    self.lease_held = False
+                    log.warning("checkpoint refused, lease gone (%s)", err.value)
+                    return False
+                if kind is CheckpointFailure.BUG:
+                    log.error("checkpoint at %s refused with %s: a bug, not retried", sequence, err.value)
+                    return False
+                log.info("checkpoint throttled (%s), attempt %d", err.value, attempt + 1)
+                self.clock.sleep(self.backoff.delay(attempt))
+        log.error("checkpoint at %s not taken after %d attempts; a later one will cover it",
+                  sequence, self.checkpoint_attempts)
+        return False

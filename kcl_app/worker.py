@@ -1,0 +1,49 @@
+"""The record-processor process the KCL daemon starts per shard: `python -m kcl_app.worker --config F`.
+
+stdout is the multi-lang protocol; every log line goes to stderr (the daemon's log).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+from amazon_kclpy import kcl
+
+from kcl_app import config as config_mod
+from kcl_app import logs
+from kcl_app.adapters.clock import SystemClock
+from kcl_app.adapters.metrics import EmfMetrics
+from kcl_app.adapters.processor import ReplicationProcessor
+from kcl_app.compose import build_engine
+from kcl_app.core.errors import ConfigError
+
+log = logging.getLogger("tablesync.worker")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="kcl_app.worker", description="tablesync KCL record processor")
+    parser.add_argument("--config", help="targets TOML (default: TABLESYNC_CONFIG or the env shortcut)")
+    parser.add_argument("--log-level", default=os.environ.get("TABLESYNC_LOG_LEVEL", "INFO"))
+    args = parser.parse_args(argv)
+    logs.setup(args.log_level, json_lines=True, pid=os.getpid())
+    path = args.config or os.environ.get("TABLESYNC_CONFIG")
+    try:
+        cfg = config_mod.load(path) if path else config_mod.from_env(os.environ)
+    except ConfigError as exc:
+        log.critical("configuration refused: %s", exc)
+        return 2
+    clock = SystemClock()
+    metrics = EmfMetrics(namespace=cfg.metrics_namespace)
+
+    def factory():  # built on initialize, so a worker that never gets a lease touches nothing
+        return build_engine(cfg, clock=clock, metrics=metrics).pipeline
+
+    kcl.KCLProcess(ReplicationProcessor(factory, clock, metrics)).run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
