@@ -1,0 +1,83 @@
+"""alarms.yaml: moto's CloudFormation has no AWS::CloudWatch::Alarm (it would skip them with a
+warning and still report CREATE_COMPLETE), so the alarms are rendered here and each one is
+created through moto's PutMetricAlarm API instead, which validates the property shapes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import boto3
+import pytest
+
+from tests.infra.policy import render
+
+PARAMS = {
+    "StreamName": "orders-changes",
+    "AppName": "tablesync-orders",
+    "SourceTableName": "orders",
+    "DeadLetterQueueName": "tablesync-orders-dead-letters",
+    "AutoScalingGroupName": "workers",
+    "TargetNames": "prod-eu,staging.us",
+    "AlarmTopicArn": "arn:aws:sns:us-east-1:123456789012:ops",
+}
+
+
+def _alarms(**overrides: str) -> dict[str, dict[str, Any]]:
+    resources = render("alarms.yaml", {**PARAMS, **overrides})["Resources"]
+    assert {r["Type"] for r in resources.values()} == {"AWS::CloudWatch::Alarm"}
+    return {name: r["Properties"] for name, r in resources.items()}
+
+
+def test_one_lag_p99_alarm_per_target() -> None:
+    alarms = _alarms()
+    lag = {name: a for name, a in alarms.items() if name.startswith("LagP99Alarm")}
+    assert set(lag) == {"LagP99Alarmprodeu", "LagP99Alarmstagingus"}
+    for target, name in (("prod-eu", "LagP99Alarmprodeu"), ("staging.us", "LagP99Alarmstagingus")):
+        assert lag[name]["Namespace"] == "tablesync" and lag[name]["MetricName"] == "LagMs"
+        assert lag[name]["Dimensions"] == [{"Name": "Target", "Value": target}]
+        assert lag[name]["ExtendedStatistic"] == "p99" and "Statistic" not in lag[name]
+
+
+@pytest.mark.parametrize(
+    ("mode", "metric"),
+    [("POLLING", "GetRecords.IteratorAgeMilliseconds"), ("FANOUT", "SubscribeToShardEvent.MillisBehindLatest")],
+)
+def test_read_lag_metric_follows_the_retrieval_mode(mode: str, metric: str) -> None:
+    assert _alarms(RetrievalMode=mode)["StreamReadLagAlarm"]["MetricName"] == metric
+
+
+def test_source_and_dead_letter_alarms_fire_on_the_first_record() -> None:
+    alarms = _alarms()
+    dropped, dead = alarms["SourceDroppedRecordsAlarm"], alarms["DeadLettersAlarm"]
+    assert (dropped["Namespace"], dropped["MetricName"], dropped["Statistic"]) == (
+        "AWS/DynamoDB",
+        "FailedToReplicateRecordCount",
+        "Sum",
+    )
+    assert [d["Name"] for d in dropped["Dimensions"]] == ["TableName", "DelegatedOperation"]
+    assert (dead["MetricName"], dead["Dimensions"]) == (
+        "ApproximateNumberOfMessagesVisible",
+        [{"Name": "QueueName", "Value": "tablesync-orders-dead-letters"}],
+    )
+    for alarm in (dropped, dead):
+        assert (alarm["Threshold"], alarm["ComparisonOperator"]) == (0, "GreaterThanThreshold")
+
+
+def test_every_alarm_is_accepted_by_put_metric_alarm(aws: boto3.Session) -> None:
+    cloudwatch = aws.client("cloudwatch")
+    alarms = _alarms()
+    for name, props in alarms.items():
+        # CloudFormation passes Number parameters as strings and converts them for the API.
+        cloudwatch.put_metric_alarm(AlarmName=name, **{**props, "Threshold": float(props["Threshold"])})
+
+    stored = {a["AlarmName"]: a for a in cloudwatch.describe_alarms()["MetricAlarms"]}
+    assert set(stored) == set(alarms)
+    workers = stored["WorkersMissingAlarm"]
+    assert [m["Id"] for m in workers["Metrics"]] == ["inService", "desired", "missing"]
+    assert workers["Metrics"][2]["Expression"] == "desired - inService"
+    assert stored["LagP99Alarmprodeu"]["AlarmActions"] == [PARAMS["AlarmTopicArn"]]
+
+
+def test_without_a_topic_no_actions_are_set() -> None:
+    for props in _alarms(AlarmTopicArn="").values():
+        assert "AlarmActions" not in props and "OKActions" not in props

@@ -1,0 +1,131 @@
+"""The worker stack deployed into moto's CloudFormation.
+
+moto creates every resource type of this template (IAM role/policies/instance profile, SQS,
+log group, security group, launch template, Auto Scaling group). What it does not do: boot
+instances or run user data (checked as text), honour SecurityGroupEgress (checked on the
+rendered template) or the group's MetricsCollection (not asserted).
+"""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+import boto3
+import pytest
+
+from tests.infra.conftest import Deploy
+from tests.infra.policy import DEFAULT_WORKER_PARAMETERS, render, worker_statements
+
+
+def _network(aws: boto3.Session) -> dict[str, str]:
+    ec2 = aws.client("ec2")
+    vpc = ec2.create_vpc(CidrBlock="10.20.0.0/16")["Vpc"]["VpcId"]
+    subnets = [
+        ec2.create_subnet(VpcId=vpc, CidrBlock=f"10.20.{i}.0/24", AvailabilityZone=f"us-east-1{az}")["Subnet"][
+            "SubnetId"
+        ]
+        for i, az in enumerate("ab")
+    ]
+    return {"VpcId": vpc, "SubnetIds": ",".join(subnets)}
+
+
+def _parameters(aws: boto3.Session, **overrides: str) -> dict[str, str]:
+    params = {k: v for k, v in DEFAULT_WORKER_PARAMETERS.items() if k not in ("VpcId", "SubnetIds", "ImageId")}
+    return {**params, **_network(aws), **overrides}
+
+
+def _deployed_statements(iam: Any, role_name: str) -> list[dict[str, Any]]:
+    statements: list[dict[str, Any]] = []
+    for name in iam.list_role_policies(RoleName=role_name)["PolicyNames"]:
+        statements.extend(iam.get_role_policy(RoleName=role_name, PolicyName=name)["PolicyDocument"]["Statement"])
+    assert iam.list_attached_role_policies(RoleName=role_name)["AttachedPolicies"] == []
+    return statements
+
+
+def _launch_data(aws: boto3.Session, stack: dict[str, Any]) -> dict[str, Any]:
+    lt_id = stack["OutputMap"]["LaunchTemplateId"]
+    versions = aws.client("ec2").describe_launch_template_versions(LaunchTemplateId=lt_id)
+    return versions["LaunchTemplateVersions"][-1]["LaunchTemplateData"]
+
+
+def test_worker_stack_creates_a_least_privilege_worker(aws: boto3.Session, deploy: Deploy) -> None:
+    params = _parameters(aws, DesiredCapacity="3", MaxSize="5", LogRetentionDays="14")
+    stack = deploy("worker.yaml", params)
+    out = stack["OutputMap"]
+
+    # IAM: the role carries exactly the rendered statements, with the real queue and log group ARNs.
+    iam = aws.client("iam")
+    role_name = out["WorkerRoleArn"].rsplit("/", 1)[1]
+    deployed = {s["Sid"]: s for s in _deployed_statements(iam, role_name)}
+    expected = {s["Sid"]: s for s in worker_statements(params)}
+    assert set(deployed) == set(expected)
+    for sid, statement in expected.items():
+        if "<" not in str(statement["Resource"]):  # placeholders: checked against real ARNs below
+            assert deployed[sid] == statement, sid
+    assert deployed["DeadLetterQueue"]["Resource"] == out["DeadLetterQueueArn"]
+    log_group = aws.client("logs").describe_log_groups(logGroupNamePrefix="/tablesync/")["logGroups"]
+    assert [g["logGroupName"] for g in log_group] == [out["LogGroupName"]] == ["/tablesync/tablesync-orders"]
+    assert log_group[0]["retentionInDays"] == 14
+    assert deployed["ShipLogs"]["Resource"] == log_group[0]["arn"]
+    profile = iam.list_instance_profiles_for_role(RoleName=role_name)["InstanceProfiles"]
+    assert [p["Arn"] for p in profile] == [out["InstanceProfileArn"]]
+
+    # Dead letters: one queue, the longest retention SQS allows.
+    attrs = aws.client("sqs").get_queue_attributes(QueueUrl=out["DeadLetterQueueUrl"], AttributeNames=["All"])
+    assert attrs["Attributes"]["MessageRetentionPeriod"] == "1209600"
+    assert out["DeadLetterQueueName"] == "tablesync-orders-dead-letters"
+
+    # Instances: IMDSv2 only, no SSH key, the instance profile, the user data that runs the worker.
+    data = _launch_data(aws, stack)
+    assert data["MetadataOptions"]["HttpTokens"] == "required"
+    assert "KeyName" not in data
+    assert data["IamInstanceProfile"]["Arn"] == out["InstanceProfileArn"]
+    user_data = base64.b64decode(data["UserData"]).decode()
+    assert "dnf install -y java-17-amazon-corretto-headless python3.11" in user_data
+    assert "pip install --no-cache-dir 'tablesync==0.1.0'" in user_data
+    assert (
+        "ExecStart=/opt/tablesync/venv/bin/tablesync run --properties /etc/tablesync/kcl.properties "
+        "--config /etc/tablesync/targets.toml --app tablesync-orders --stream orders-changes --region us-east-1"
+    ) in user_data
+    assert "Restart=always" in user_data and "KillMode=mixed" in user_data
+    assert '--name "/tablesync/tablesync-orders/$name"' in user_data
+    assert '"log_group_name": "/tablesync/tablesync-orders"' in user_data
+    assert "${" not in user_data.replace("${!", "")  # every Fn::Sub variable was substituted
+
+    # The group: desired capacity from the parameter, spread over the given subnets.
+    [group] = aws.client("autoscaling").describe_auto_scaling_groups(
+        AutoScalingGroupNames=[out["AutoScalingGroupName"]]
+    )["AutoScalingGroups"]
+    assert (group["MinSize"], group["DesiredCapacity"], group["MaxSize"]) == (2, 3, 5)
+    assert set(group["VPCZoneIdentifier"].split(",")) == set(params["SubnetIds"].split(","))
+
+    # Network: nothing inbound; HTTPS outbound only (moto ignores SecurityGroupEgress and keeps
+    # the default allow-all rule, so the egress rule is checked on the rendered template).
+    [sg] = aws.client("ec2").describe_security_groups(GroupIds=[out["SecurityGroupId"]])["SecurityGroups"]
+    assert sg["IpPermissions"] == []
+    rendered = render("worker.yaml", params)["Resources"]["WorkerSecurityGroup"]["Properties"]
+    assert [(r["IpProtocol"], r["FromPort"], r["ToPort"]) for r in rendered["SecurityGroupEgress"]] == [
+        ("tcp", 443, 443)
+    ]
+    assert "SecurityGroupIngress" not in rendered
+
+
+def test_optional_key_pair_reaches_the_launch_template(aws: boto3.Session, deploy: Deploy) -> None:
+    aws.client("ec2").create_key_pair(KeyName="ops")
+    stack = deploy("worker.yaml", _parameters(aws, KeyName="ops"))
+
+    assert _launch_data(aws, stack)["KeyName"] == "ops"
+
+
+@pytest.mark.parametrize("mode", ["POLLING", "FANOUT"])
+def test_fan_out_actions_exist_only_in_fanout_mode(aws: boto3.Session, deploy: Deploy, mode: str) -> None:
+    stack = deploy("worker.yaml", _parameters(aws, RetrievalMode=mode))
+
+    iam = aws.client("iam")
+    role_name = stack["OutputMap"]["WorkerRoleArn"].rsplit("/", 1)[1]
+    statements = _deployed_statements(iam, role_name)
+    actions = {a for s in statements for a in ([s["Action"]] if isinstance(s["Action"], str) else s["Action"])}
+    fan_out = {"kinesis:SubscribeToShard", "kinesis:RegisterStreamConsumer", "kinesis:DescribeStreamConsumer"}
+    assert (fan_out <= actions) == (mode == "FANOUT")
+    assert not fan_out & actions or mode == "FANOUT"
