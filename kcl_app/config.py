@@ -184,7 +184,10 @@ def parse(doc: Mapping[str, Any], origin: str = "<config>") -> Config:
         merged = {**defaults, **raw}
         if "source_table" not in merged and "table" in source:
             merged["source_table"] = source["table"]
-        targets.append(_target(r, merged, where, {**top_dlq, **merged.get("dead_letter", {})}))
+        target_dlq = merged.get("dead_letter", {})
+        if not isinstance(target_dlq, dict):
+            raise r.fail(f"{where}dead_letter", "must be a table ([targets.dead_letter])")
+        targets.append(_target(r, merged, where, {**top_dlq, **target_dlq}))
     names = [t.name for t in targets]
     for name in names:
         if names.count(name) > 1:

@@ -101,6 +101,7 @@ class Pipeline:
         changes: list[tuple[int, Change]] = []
         poison: list[tuple[int, DeadLetter]] = []
         unmapped: list[tuple[int, DeadLetter]] = []
+        unmapped_tables: set[str] = set()
         for index, raw in enumerate(records):
             try:
                 change = decode(raw, self.precision)
@@ -110,14 +111,20 @@ class Pipeline:
             # 2 route: records of tables no target wants are counted, and skipped or parked
             if change.table not in self._tables:
                 result.unmapped += 1
+                unmapped_tables.add(change.table)
                 if self.unmapped == "park":
                     unmapped.append((index, self._letter(UNMAPPED_STORE, f"no target for table {change.table!r}", raw)))
                 continue
             changes.append((index, change))
         result.poison = len(poison)
-        if poison:
-            log.error("parking %d undecodable records, first: %s", len(poison), poison[0][1].reason)
-        unsettled |= self._park(poison + unmapped)
+        stuck = self._park(poison + unmapped)  # a failure is logged there, once
+        unsettled |= stuck
+        if poison and not stuck:
+            log.error("parked %d undecodable records, first: %s", len(poison), poison[0][1].reason)
+        parking = self.unmapped == "park"
+        if result.unmapped and not (parking and stuck):
+            log.log(logging.WARNING if parking else logging.INFO, "%s %d records of tables no target wants: %s",
+                    "parked" if parking else "skipped", result.unmapped, ", ".join(sorted(unmapped_tables)))
 
         # 3 plan: coalesce per (target, key) to the newest version; shape per target
         plans = plan_batch(changes, rules)
@@ -145,8 +152,9 @@ class Pipeline:
             letters = [(r.records, self._letter(name, r.reason, r.change.raw, r.change)) for r in plan.rejected]
             letters += [(w.records, self._letter(name, why, w.change.raw, w.change)) for w, why in applied.failed]
             if letters:
-                reasons = Counter(letter.reason.split(";")[0] for _, letter in letters)
-                log.warning("target %s: parking %d changes (%s)", name, len(letters), dict(reasons))
+                reasons = Counter(letter.reason for _, letter in letters)
+                summary = "; ".join(f"{n} x {why}" for why, n in reasons.most_common(3))
+                log.warning("target %s: parking %d changes: %s", name, len(letters), summary)
             counts.parked = len(letters)
             flat = [(i, letter) for idx, letter in letters for i in idx]
             unsettled |= self._park(flat, dedupe=True)

@@ -180,7 +180,8 @@ class LedgerWriter:
             if not pending:
                 break
             if not self.backoff.wait(self.clock, attempt, deadline):
-                log.warning("target %s: retry budget spent, %d writes to park: %s", self.name, len(pending), last)
+                # the pipeline logs the parking (one line per target and batch, with this reason)
+                log.debug("target %s: retry budget spent, %d writes to park: %s", self.name, len(pending), last)
                 result.failed += [(w, f"retry budget spent; last error {last}") for w in pending]
                 return result
             attempt += 1

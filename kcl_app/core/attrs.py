@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -81,12 +82,13 @@ def value_from_wire(value: Any, where: str = "value") -> AttributeValue:
     raise ValueError(f"{where}: unknown attribute type {kind!r}")
 
 
+_NUMBER = re.compile(r"-?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+
+
 def _check_number(text: Any, where: str) -> None:
     if not isinstance(text, str) or not text:
         raise ValueError(f"{where}: N must be a non-empty decimal string")
-    body = text.lstrip("-")
-    mantissa = body.split("e")[0].split("E")[0]
-    if not mantissa.replace(".", "", 1).isdigit():
+    if not _NUMBER.fullmatch(text):
         raise ValueError(f"{where}: {text!r} is not a number")
 
 

@@ -6,6 +6,7 @@ Pure: no I/O. The pipeline calls `plan_batch`, hands each target its writes, the
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
@@ -38,7 +39,8 @@ class TargetRule:
         item = project(change.new_image, change.key, self.include, self.exclude)
         if self.transform is None:
             return item
-        shaped = self.transform(dict(item))
+        # a deep copy: a transform that edits nested values must not change other targets' items
+        shaped = self.transform(copy.deepcopy(item))
         if shaped is None:
             return None
         if not isinstance(shaped, dict):

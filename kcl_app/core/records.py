@@ -78,6 +78,8 @@ def decode(raw: RawRecord, precision: Precision = "auto") -> Change:
         doc = json.loads(raw.data)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise PoisonRecord(f"not JSON: {exc}") from exc
+    except RecursionError as exc:  # nesting deeper than any DynamoDB item can be (32 levels)
+        raise PoisonRecord("not JSON: nested too deeply") from exc
     if not isinstance(doc, dict):
         raise PoisonRecord("not a JSON object")
     event = _field(doc, "eventName", str)
@@ -88,13 +90,16 @@ def decode(raw: RawRecord, precision: Precision = "auto") -> Change:
     ddb = _field(doc, "dynamodb", dict)
     created = ddb.get("ApproximateCreationDateTime")
     try:
-        micros = to_micros(created, precision)  # type: ignore[arg-type]
+        micros = to_micros(created, precision)
     except ValueError as exc:
         raise PoisonRecord(f"dynamodb.ApproximateCreationDateTime: {exc}") from exc
     try:
         key = item_from_wire(_field(ddb, "Keys", dict, "dynamodb."), "dynamodb.Keys")
         if not key:
             raise PoisonRecord("dynamodb.Keys is empty")
+        for name, value in key.items():
+            if next(iter(value)) not in ("S", "N", "B"):
+                raise PoisonRecord(f"dynamodb.Keys.{name}: a key attribute must be S, N or B")
         new_image = None
         if event != "REMOVE":
             new_image = item_from_wire(_field(ddb, "NewImage", dict, "dynamodb."), "dynamodb.NewImage")
@@ -103,6 +108,8 @@ def decode(raw: RawRecord, precision: Precision = "auto") -> Change:
                     raise PoisonRecord(f"dynamodb.NewImage does not carry key attribute {name!r}")
     except ValueError as exc:
         raise PoisonRecord(str(exc)) from exc
+    except RecursionError as exc:
+        raise PoisonRecord("an image is nested too deeply") from exc
     identity = doc.get("userIdentity") or {}
     ttl_delete = (
         event == "REMOVE"

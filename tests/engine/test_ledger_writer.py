@@ -1,0 +1,209 @@
+"""LedgerWriter (exact mode) against in-process moto: fencing, cancellation splitting, chunking, bisection."""
+
+from __future__ import annotations
+
+import random
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import boto3
+import pytest
+from botocore.exceptions import ClientError
+
+from kcl_app.adapters.ledger_writer import MAX_PAIRS, LedgerWriter, ensure_ledger
+from kcl_app.adapters.retry import Backoff
+from kcl_app.core.attrs import Item, key_id
+from kcl_app.core.plan import Write
+from kcl_app.core.records import Change
+from kcl_app.core.versions import Version
+from tests.support.tables import create_table, scan_all
+
+FAR = 10**9  # a deadline no test reaches
+
+
+def write(pk: str, micros: int, attrs: dict[str, Any] | None = None, *, delete: bool = False) -> Write:
+    key: Item = {"pk": {"S": pk}}
+    item = None if delete else {**key, **(attrs or {})}
+    version = Version(micros, f"e-{pk}-{micros}")
+    change = Change("src", "REMOVE" if delete else "MODIFY", key, key_id(key), item, version, False, version.tiebreak)
+    return Write("t", key, key_id(key), version, item, change, (0,))
+
+
+class Recording:
+    """A DynamoDB client that records TransactWriteItems calls and can fail chosen ones.
+
+    `faults` is a list consumed one per call: None lets the call through, a ClientError is raised."""
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+        self.calls: list[list[dict[str, Any]]] = []
+        self.faults: list[ClientError | None] = []
+
+    def transact_write_items(self, TransactItems: list[dict[str, Any]]) -> Any:  # noqa: N803
+        self.calls.append(TransactItems)
+        fault = self.faults.pop(0) if self.faults else None
+        if fault is not None:
+            raise fault
+        return self.client.transact_write_items(TransactItems=TransactItems)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.client, name)
+
+
+def client_error(code: str, message: str = "", reasons: list[dict[str, Any]] | None = None) -> ClientError:
+    response: dict[str, Any] = {"Error": {"Code": code, "Message": message},
+                                "ResponseMetadata": {"HTTPStatusCode": 400}}
+    if reasons is not None:
+        response["CancellationReasons"] = reasons
+    return ClientError(response, "TransactWriteItems")
+
+
+@pytest.fixture
+def env(moto, clock) -> Iterator[tuple[LedgerWriter, Recording, Any]]:
+    client = boto3.client("dynamodb", region_name="eu-west-1")
+    suffix = uuid.uuid4().hex[:8]
+    table, ledger = f"target-{suffix}", f"ledger-{suffix}"
+    create_table(client, table)
+    assert ensure_ledger(client, ledger) is True
+    assert ensure_ledger(client, ledger) is False  # idempotent
+    recording = Recording(client)
+    writer = LedgerWriter("t", recording, table, ledger, clock, backoff=Backoff(rng=random.Random(7)),
+                          tombstone_ttl_seconds=3600)
+    yield writer, recording, client
+    writer.close()
+
+
+def items(client: Any, table: str) -> dict[str, Item]:
+    return {item["pk"]["S"]: item for item in scan_all(client, table).values()}
+
+
+def ledger_rows(client: Any, table: str) -> dict[str, Item]:
+    rows = client.scan(TableName=table, ConsistentRead=True)["Items"]
+    return {row["k"]["S"]: row for row in rows}
+
+
+def test_puts_and_deletes_are_applied_with_ledger_rows_and_tombstones(env, clock) -> None:
+    writer, recording, client = env
+    result = writer.apply([write("a", 10, {"x": {"N": "1"}}), write("b", 11)], FAR)
+    assert [w.key["pk"]["S"] for w in result.applied] == ["a", "b"]
+    result = writer.apply([write("b", 12, delete=True)], FAR)
+    assert len(result.applied) == 1
+    assert items(client, writer.table) == {"a": {"pk": {"S": "a"}, "x": {"N": "1"}}}
+    rows = ledger_rows(client, writer.ledger_table)
+    assert rows[key_id({"pk": {"S": "a"}})]["v"]["S"] == Version(10, "e-a-10").token()
+    assert rows[key_id({"pk": {"S": "a"}})]["d"] == {"BOOL": False}
+    tomb = rows[key_id({"pk": {"S": "b"}})]
+    assert tomb["d"] == {"BOOL": True} and tomb["v"]["S"] == Version(12, "e-b-12").token()
+    assert tomb["exp"] == {"N": str(int(clock.now() + 3600))}
+    assert "exp" not in rows[key_id({"pk": {"S": "a"}})]
+    assert len(recording.calls) == 2 and len(recording.calls[0]) == 4
+
+
+def test_a_cancelled_transaction_is_split_by_its_reasons(env) -> None:
+    writer, recording, client = env
+    writer.apply([write("stale", 50, {"n": {"S": "newer"}}), write("dup", 20, {"n": {"S": "same"}})], FAR)
+    recording.calls.clear()
+    batch = [write("stale", 40, {"n": {"S": "older"}}), write("dup", 20, {"n": {"S": "same"}}),
+             write("fresh", 30, {"n": {"S": "new"}})]
+    result = writer.apply(batch, FAR)
+    assert [w.key["pk"]["S"] for w in result.stale] == ["stale"]
+    assert [w.key["pk"]["S"] for w in result.duplicate] == ["dup"]
+    assert [w.key["pk"]["S"] for w in result.applied] == ["fresh"]
+    assert result.failed == [] and result.retries == 0
+    # one cancelled transaction of 3 pairs, then the retry with only the survivor, without a pause
+    assert [len(call) for call in recording.calls] == [6, 2]
+    assert items(client, writer.table) == {
+        "stale": {"pk": {"S": "stale"}, "n": {"S": "newer"}},
+        "dup": {"pk": {"S": "dup"}, "n": {"S": "same"}},
+        "fresh": {"pk": {"S": "fresh"}, "n": {"S": "new"}},
+    }
+
+
+def test_a_stale_put_cannot_resurrect_a_deleted_item(env) -> None:
+    writer, _, client = env
+    writer.apply([write("k", 1, {"x": {"S": "v1"}})], FAR)
+    writer.apply([write("k", 3, delete=True)], FAR)
+    result = writer.apply([write("k", 2, {"x": {"S": "v2"}})], FAR)
+    assert len(result.stale) == 1
+    assert items(client, writer.table) == {}
+
+
+def test_a_stale_delete_cannot_remove_a_newer_item(env) -> None:
+    writer, _, client = env
+    writer.apply([write("k", 5, {"x": {"S": "v5"}})], FAR)
+    result = writer.apply([write("k", 4, delete=True)], FAR)
+    assert len(result.stale) == 1
+    assert items(client, writer.table) == {"k": {"pk": {"S": "k"}, "x": {"S": "v5"}}}
+
+
+def test_more_than_50_writes_go_out_in_several_transactions(env) -> None:
+    writer, recording, client = env
+    batch = [write(f"k{i:03d}", 100 + i, {"i": {"N": str(i)}}) for i in range(2 * MAX_PAIRS + 20)]
+    result = writer.apply(batch, FAR)
+    assert len(result.applied) == len(batch) and result.failed == []
+    assert sorted(len(call) for call in recording.calls) == [40, 100, 100]
+    assert len(items(client, writer.table)) == len(batch)
+    assert len(ledger_rows(client, writer.ledger_table)) == len(batch)
+
+
+def test_a_whole_request_validation_error_is_bisected_to_the_offending_write(env) -> None:
+    writer, recording, client = env
+    batch = [write(f"k{i}", 10 + i) for i in range(8)]
+    bad = write("k5", 15, {"blob": {"B": b"\0" * 500_000}})
+    batch[5] = bad
+    result = writer.apply(batch, FAR)
+    assert [w for w, _ in result.failed] == [bad]
+    (reason,) = [why for _, why in result.failed]
+    assert reason.startswith("ValidationException: Item size has exceeded")
+    assert sorted(w.key["pk"]["S"] for w in result.applied) == [f"k{i}" for i in range(8) if i != 5]
+    assert set(items(client, writer.table)) == {f"k{i}" for i in range(8) if i != 5}
+    assert key_id({"pk": {"S": "k5"}}) not in ledger_rows(client, writer.ledger_table)
+    # 8 -> 4+4 -> the clean half at once, the other 2+2 -> 1+1
+    assert len(recording.calls) == 1 + 2 + 2 + 2
+
+
+def test_throttled_cancellation_reasons_are_retried_after_a_pause(env, clock) -> None:
+    writer, recording, client = env
+    reasons = [{"Code": "None"}, {"Code": "ThrottlingError"}, {"Code": "None"}, {"Code": "None"}]
+    recording.faults = [client_error("TransactionCanceledException", "cancelled", reasons)]
+    result = writer.apply([write("a", 1), write("b", 2)], FAR)
+    assert len(result.applied) == 2 and result.retries == 1
+    assert len(clock.slept) == 1
+    assert set(items(client, writer.table)) == {"a", "b"}
+
+
+def test_a_validation_error_in_the_reasons_fails_only_that_write(env) -> None:
+    writer, recording, client = env
+    recording.faults = [client_error("TransactionCanceledException", "cancelled",
+                                     [{"Code": "None"}, {"Code": "ValidationError", "Message": "bad set"},
+                                      {"Code": "None"}, {"Code": "None"}])]
+    bad, good = write("bad", 1), write("good", 2)
+    result = writer.apply([bad, good], FAR)
+    assert result.failed == [(bad, "ValidationError: bad set")]
+    assert result.applied == [good]
+    assert set(items(client, writer.table)) == {"good"}
+
+
+def test_a_cancellation_without_reasons_retries_everything(env, clock) -> None:
+    writer, recording, client = env
+    recording.faults = [client_error("TransactionCanceledException", "cancelled")]
+    result = writer.apply([write("a", 1)], FAR)
+    assert len(result.applied) == 1 and result.retries == 1 and len(clock.slept) == 1
+    assert set(items(client, writer.table)) == {"a"}
+
+
+def test_the_budget_ends_retries_and_reports_the_last_error(env, clock) -> None:
+    writer, recording, client = env
+    recording.faults = [client_error("ThrottlingException", "Rate of requests exceeds the allowed throughput")] * 10_000
+    deadline = clock.monotonic() + 20.0
+    batch = [write("a", 1), write("b", 2)]
+    result = writer.apply(batch, deadline)
+    assert result.applied == []
+    assert [w for w, _ in result.failed] == batch
+    for _, why in result.failed:
+        assert why == ("retry budget spent; last error ThrottlingException: "
+                       "Rate of requests exceeds the allowed throughput")
+    assert clock.monotonic() <= deadline
+    assert result.retries == len(clock.slept) >= 3
+    assert items(client, writer.table) == {}

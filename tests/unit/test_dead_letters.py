@@ -1,0 +1,109 @@
+"""Dead-letter stores: entries come back byte for byte; a store that cannot write says so (ParkFailed)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import boto3
+import pytest
+
+from kcl_app.adapters.dead_letters import DirectoryDeadLetters, SqsDeadLetters
+from kcl_app.core.errors import ParkFailed
+from kcl_app.ports import DeadLetter
+
+RAW = b"\x00\xff{not json at all \xe2\x82"
+
+
+def letter(store: str, n: int = 0, data: bytes = RAW) -> DeadLetter:
+    return DeadLetter(store=store, reason=f"reason {n}", data=data + str(n).encode(), sequence_number=f"{n:020d}",
+                      shard_id="shardId-000000000003", parked_at=1_790_000_000.5 + n, key_id='{"pk":{"S":"a"}}',
+                      version=f"{n:020d}#e")
+
+
+def test_dead_letter_json_round_trip() -> None:
+    entry = letter("t", 7)
+    doc = json.loads(json.dumps(entry.to_json()))
+    assert DeadLetter.from_json(doc) == entry
+
+
+def test_directory_store_round_trip_and_removal(tmp_path) -> None:
+    sink = DirectoryDeadLetters(tmp_path / "dl")
+    assert sink.stores() == [] and sink.depth("eu") == 0 and list(sink.read("eu")) == []
+    entries = [letter("eu", n) for n in range(3)] + [letter("_poison", 9)]
+    sink.park(entries)
+    assert sink.stores() == ["_poison", "eu"]
+    assert sink.depth("eu") == 3 and sink.depth("_poison") == 1
+    read = list(sink.read("eu"))
+    assert [e for _, e in read] == entries[:3]  # oldest first, bytes intact
+    assert [e for _, e in sink.read("_poison")] == [entries[3]]
+    assert not list((tmp_path / "dl").rglob("*.tmp")), "no temporary file survives a park"
+    sink.remove("eu", [read[0][0], read[2][0]])
+    assert [e for _, e in sink.read("eu")] == [entries[1]]
+    sink.remove("eu", [read[0][0]])  # removing twice is harmless
+
+
+def test_directory_store_that_cannot_write_raises_park_failed(tmp_path) -> None:
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("")
+    with pytest.raises(ParkFailed) as caught:
+        DirectoryDeadLetters(blocker).park([letter("eu")])
+    assert caught.value.store == "eu"
+    assert "dead-letter store 'eu' failed" in str(caught.value)
+
+
+@pytest.mark.parametrize("store", ["", "../x", "a/b"])
+def test_store_names_cannot_escape_the_root(tmp_path, store) -> None:
+    with pytest.raises(ValueError, match="invalid dead-letter store name"):
+        DirectoryDeadLetters(tmp_path).park([letter(store)])
+
+
+@pytest.fixture
+def sqs(moto) -> Any:
+    return boto3.client("sqs", region_name="us-east-1")
+
+
+def test_sqs_store_round_trip_in_batches_of_ten(sqs) -> None:
+    eu = sqs.create_queue(QueueName="dl-eu")["QueueUrl"]
+    default = sqs.create_queue(QueueName="dl-default")["QueueUrl"]
+    sink = SqsDeadLetters(sqs, {"eu": eu}, default_url=default)
+    entries = [letter("eu", n) for n in range(23)]
+    sink.park(entries + [letter("_poison", 99)])
+    assert sink.depth("eu") == 23 and sink.depth("_poison") == 1
+    read = list(sink.read("eu"))
+    assert sorted((e for _, e in read), key=lambda e: e.sequence_number) == entries
+    sink.remove("eu", [h for h, _ in read])
+    assert sink.depth("eu") == 0
+    (only,) = [e for _, e in sink.read("_poison")]
+    assert only.data == RAW + b"99"
+
+
+def test_sqs_store_without_a_queue_refuses(sqs) -> None:
+    sink = SqsDeadLetters(sqs, {})
+    with pytest.raises(ParkFailed, match="no dead-letter queue configured"):
+        sink.park([letter("eu")])
+
+
+def test_sqs_errors_become_park_failed(sqs) -> None:
+    sink = SqsDeadLetters(sqs, {"eu": "https://sqs.us-east-1.amazonaws.com/123456789012/absent"})
+    with pytest.raises(ParkFailed) as caught:
+        sink.park([letter("eu")])
+    assert caught.value.store == "eu" and "QueueDoesNotExist" in caught.value.reason
+
+
+class PartialSqs:
+    """An SQS client whose SendMessageBatch refuses the second entry of every batch (a partial failure)."""
+
+    def __init__(self) -> None:
+        self.sent: list[str] = []
+
+    def send_message_batch(self, QueueUrl: str, Entries: list[dict[str, Any]]) -> dict[str, Any]:  # noqa: N803
+        self.sent += [e["Id"] for e in Entries[:1]]
+        failed = [{"Id": e["Id"], "SenderFault": False, "Code": "InternalError"} for e in Entries[1:2]]
+        return {"Successful": [{"Id": e["Id"]} for e in Entries[:1]], "Failed": failed}
+
+
+def test_a_partial_sqs_batch_is_a_failed_park() -> None:
+    sink = SqsDeadLetters(PartialSqs(), {"eu": "url"})
+    with pytest.raises(ParkFailed, match="SQS refused 1 entries"):
+        sink.park([letter("eu", 0), letter("eu", 1)])
