@@ -1,0 +1,197 @@
+"""``tablesync run``: run the KCL MultiLangDaemon with tablesync's record processor.
+
+    tablesync run --properties FILE --config targets.toml [--stream NAME] [--app NAME]
+                  [--region R] [--endpoint URL] [--initial-position POS] [--seed-leases]
+                  [--log-file PATH]
+
+Steps: 1 render the properties template (placeholders ``{python}``, ``{config}``, ``{stream}``,
+``{app}``, ``{region}``, ``{endpoint}``; flags override keys; every key checked against KCL
+3.1.3's) into a private temporary file; 2 with ``--seed-leases`` (local stacks only), pre-create
+the lease table and its leases so the daemon starts in seconds; 3 start the daemon and wait:
+SIGTERM/SIGINT become a graceful stop (record processors checkpoint; the daemon gets
+``shutdownGraceMillis`` + 10 s before being killed).
+
+``--endpoint`` points Kinesis, DynamoDB and CloudWatch at an emulator (switching the Kinesis
+client to JSON: moto cannot read CBOR) and supplies dummy credentials when none are set.
+``--initial-position`` (TRIM_HORIZON, LATEST, AT_TIMESTAMP:<epoch seconds or ISO-8601>) only
+applies to shards without a lease: to replay, use it with a new ``--app``.
+
+Exit status: 0 after a requested stop completed in time; 2 for a bad command line or template;
+otherwise non-zero: the daemon's own status when it died, 1 when it exited by itself with 0
+or had to be killed. Runnable on its own: ``python -m kcl_app.commands.run ...``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import tempfile
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from kcl_app import daemon
+
+log = logging.getLogger(__name__)
+
+GRACE_MARGIN_S = 10.0
+DUMMY_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
+
+
+class UsageError(ValueError):
+    """The command line or the template cannot work; the message says why."""
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Register ``run`` on an argparse subparsers object (``func`` default set to :func:`run`)."""
+    parser: argparse.ArgumentParser = subparsers.add_parser(
+        "run", help="run the KCL daemon with the tablesync record processor",
+        description="Run the KCL MultiLangDaemon with the tablesync record processor.")
+    parser.add_argument("--properties", required=True, type=Path, help="KCL properties template")
+    parser.add_argument("--config", required=True, type=Path, help="targets file given to the processor")
+    parser.add_argument("--stream", help="Kinesis stream name (streamName; replaces streamArn)")
+    parser.add_argument("--app", help="KCL application name (applicationName; names the lease table)")
+    parser.add_argument("--region", help="AWS region (default: AWS_REGION / AWS_DEFAULT_REGION)")
+    parser.add_argument("--endpoint", help="emulator URL for Kinesis, DynamoDB and CloudWatch")
+    parser.add_argument("--initial-position", metavar="POS",
+                        help="TRIM_HORIZON | LATEST | AT_TIMESTAMP:<epoch seconds or ISO-8601>")
+    parser.add_argument("--seed-leases", action="store_true",
+                        help="with --endpoint: pre-create the leases (fast local start)")
+    parser.add_argument("--log-file", type=Path, help="append the daemon's log here (default: stderr)")
+    parser.set_defaults(func=run)
+    return parser
+
+
+def initial_position_overrides(value: str) -> dict[str, str | None]:
+    """Property overrides for ``--initial-position`` (exactly one of the two position keys)."""
+    upper = value.strip().upper()
+    if upper in ("TRIM_HORIZON", "LATEST"):
+        return {"initialPositionInStream": upper, "initialPositionInStreamExtended": None}
+    if upper.startswith("AT_TIMESTAMP:"):
+        when = value.strip()[len("AT_TIMESTAMP:"):]
+        try:
+            seconds = int(float(when))
+        except ValueError:
+            try:
+                parsed = datetime.fromisoformat(when.replace("Z", "+00:00"))
+            except ValueError as exc:
+                raise UsageError(f"--initial-position: cannot read the time {when!r}") from exc
+            if parsed.tzinfo is None:
+                raise UsageError(f"--initial-position: {when!r} needs a time zone (e.g. Z)") from None
+            seconds = int(parsed.timestamp())
+        return {"initialPositionInStream": None, "initialPositionInStreamExtended": str(seconds)}
+    raise UsageError(f"--initial-position: expected TRIM_HORIZON, LATEST or AT_TIMESTAMP:<time>, got {value!r}")
+
+
+def build_properties(args: argparse.Namespace, environ: dict[str, str]) -> str:
+    """Render ``args.properties`` for this command line (see the module doc). Raises UsageError."""
+    config = args.config.resolve()
+    if not config.is_file():
+        raise UsageError(f"--config {args.config}: no such file")
+    python = sys.executable
+    if not python or " " in python:
+        raise UsageError(f"the interpreter path {python!r} is unusable in executableName (spaces)")
+    if " " in str(config):
+        raise UsageError(f"--config {config}: the path must not contain spaces (executableName)")
+    substitutions = {"python": python, "config": str(config)}
+    region = args.region or environ.get("AWS_REGION") or environ.get("AWS_DEFAULT_REGION")
+    overrides: dict[str, str | None] = {}
+    if args.stream:
+        substitutions["stream"] = args.stream
+        overrides.update(streamName=args.stream, streamArn=None)
+    if args.app:
+        substitutions["app"] = args.app
+        overrides["applicationName"] = args.app
+    if region:
+        substitutions["region"] = region
+        if args.region:
+            overrides["regionName"] = args.region
+    if args.endpoint:
+        substitutions["endpoint"] = args.endpoint
+        overrides.update(kinesisEndpoint=args.endpoint, dynamoDBEndpoint=args.endpoint)
+        overrides["cloudWatchClient.endpointOverride"] = args.endpoint
+    if args.initial_position:
+        overrides.update(initial_position_overrides(args.initial_position))
+    try:
+        template = args.properties.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise UsageError(f"--properties {args.properties}: {exc.strerror or exc}") from exc
+    try:
+        return daemon.render_properties(template, substitutions, overrides)
+    except daemon.PropertiesError as exc:
+        flag = {"stream": "--stream", "app": "--app", "region": "--region", "endpoint": "--endpoint"}
+        hint = next((f" (give {f})" for name, f in flag.items() if f"{{{name}}}" in str(exc)), "")
+        raise UsageError(f"{args.properties}: {exc}{hint}") from exc
+
+
+def daemon_environment(args: argparse.Namespace, environ: dict[str, str]) -> dict[str, str]:
+    """The daemon's environment (inherited by every record processor)."""
+    env = dict(environ)
+    if args.endpoint and not env.get("AWS_ACCESS_KEY_ID"):
+        env.update(DUMMY_CREDENTIALS)
+    if args.region:
+        env["AWS_REGION"] = env["AWS_DEFAULT_REGION"] = args.region
+    return env
+
+
+def _seed(rendered: str, env: dict[str, str]) -> None:
+    import boto3
+
+    from kcl_app.lease_seed import seed_leases
+
+    props = daemon.parse_properties(rendered)
+    endpoint = props["kinesisEndpoint"]
+    session = boto3.session.Session(
+        aws_access_key_id=env.get("AWS_ACCESS_KEY_ID"), aws_secret_access_key=env.get("AWS_SECRET_ACCESS_KEY"),
+        region_name=props.get("regionName") or env.get("AWS_REGION") or "us-east-1")
+    position = "AT_TIMESTAMP" if "initialPositionInStreamExtended" in props else props.get(
+        "initialPositionInStream", "LATEST").upper()
+    seed_leases(session.client("dynamodb", endpoint_url=props.get("dynamoDBEndpoint", endpoint)),
+                session.client("kinesis", endpoint_url=endpoint),
+                props.get("tableName") or props["applicationName"], props["streamName"], position)  # type: ignore[arg-type]
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the daemon in the foreground until it exits or we are asked to stop (see module doc)."""
+    environ = dict(os.environ)
+    try:
+        rendered = build_properties(args, environ)
+        if args.seed_leases and not args.endpoint:
+            raise UsageError("--seed-leases needs --endpoint (production lets the KCL create its leases)")
+    except UsageError as exc:
+        print(f"tablesync run: {exc}", file=sys.stderr)
+        return 2
+    env = daemon_environment(args, environ)
+    props = daemon.parse_properties(rendered)
+    grace = int(props.get("shutdownGraceMillis", "0")) / 1000 + GRACE_MARGIN_S
+    with tempfile.TemporaryDirectory(prefix="tablesync-run-") as work:
+        properties_file = Path(work) / "kcl.properties"
+        properties_file.write_text(rendered, encoding="utf-8")
+        if args.seed_leases:
+            try:
+                _seed(rendered, env)
+            except Exception as exc:  # boto3/botocore errors, SeedRefused: reported, not a traceback
+                print(f"tablesync run: --seed-leases failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+                return 1
+        try:
+            argv = daemon.java_command(properties_file, cbor=not daemon.needs_json_protocol(rendered))
+            log.info("KCL application %s on stream %s", props["applicationName"], props.get("streamName"))
+            return daemon.run_foreground(daemon.Daemon(argv, env, args.log_file), grace)
+        except OSError as exc:  # no java, no jars, unwritable log file: nothing was started
+            print(f"tablesync run: cannot start the KCL daemon: {exc}", file=sys.stderr)
+            return 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(stream=sys.stderr, level=os.environ.get("TABLESYNC_LOG_LEVEL", "INFO").upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    parser = argparse.ArgumentParser(prog="tablesync")
+    add_parser(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["run", *(sys.argv[1:] if argv is None else argv)])
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
