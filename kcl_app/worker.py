@@ -36,7 +36,11 @@ def main(argv: list[str] | None = None) -> int:
         log.critical("configuration refused: %s", exc)
         return 2
     clock = SystemClock()
-    metrics = EmfMetrics(namespace=cfg.metrics_namespace)
+    # EMF lines go to stderr (the daemon's log) or, with TABLESYNC_METRICS_FILE, to a file that a
+    # log agent ships (and that `tablesync demo` reads for its progress display).
+    metrics_path = os.environ.get("TABLESYNC_METRICS_FILE")
+    stream = open(metrics_path, "a", buffering=1, encoding="utf-8") if metrics_path else None  # noqa: SIM115
+    metrics = EmfMetrics(stream=stream, namespace=cfg.metrics_namespace)
 
     def factory():  # built on initialize, so a worker that never gets a lease touches nothing
         return build_engine(cfg, clock=clock, metrics=metrics).pipeline

@@ -1,0 +1,16 @@
+# The two entry points of the README. Both set everything up first (idempotent, cached).
+.PHONY: setup demo test lint bench
+
+setup:
+	@bash scripts/setup.sh
+
+demo: setup
+	.venv/bin/tablesync demo
+
+test: setup
+	.venv/bin/ruff check kcl_app tests bench
+	.venv/bin/mypy
+	.venv/bin/pytest -q
+
+bench: setup
+	.venv/bin/python bench/apply.py

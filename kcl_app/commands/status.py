@@ -1,0 +1,109 @@
+"""`tablesync status`: the KCL lease table, shard by shard.
+
+Per shard: owner, checkpoint, lease counter, parent shards, and how far behind the tip it is
+(MillisBehindLatest from one GetRecords after the checkpoint, when the stream is given).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any
+
+import boto3
+
+from kcl_app.compose import boto_config
+
+SENTINELS = {"TRIM_HORIZON", "LATEST", "SHARD_END", "AT_TIMESTAMP"}
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "status", help="show the KCL leases: owner, checkpoint and lag per shard",
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--app", required=True, help="KCL application name (the lease table's name, unless --lease-table)")
+    p.add_argument("--lease-table", help="lease table name if it differs from --app")
+    p.add_argument("--stream", help="stream name: adds 'behind' per shard (one GetRecords per shard)")
+    p.add_argument("--region", default=os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION"))
+    p.add_argument("--endpoint", default=os.environ.get("AWS_ENDPOINT_URL"), help="emulator endpoint URL")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(handler=run)
+    return p
+
+
+def read_leases(dynamodb: Any, table: str) -> list[dict[str, Any]]:
+    leases: list[dict[str, Any]] = []
+    kwargs: dict[str, Any] = {"TableName": table, "ConsistentRead": True}
+    while True:
+        page = dynamodb.scan(**kwargs)
+        for item in page.get("Items", []):
+            leases.append({
+                "shard": item.get("leaseKey", {}).get("S", "?"),
+                "owner": item.get("leaseOwner", {}).get("S"),
+                "checkpoint": item.get("checkpoint", {}).get("S"),
+                "sub_sequence": int(item.get("checkpointSubSequenceNumber", {}).get("N", "0")),
+                "lease_counter": int(item.get("leaseCounter", {}).get("N", "0")),
+                "parents": sorted(item.get("parentShardId", {}).get("SS", [])),
+                "owner_switches": int(item.get("ownerSwitchesSinceCheckpoint", {}).get("N", "0")),
+            })
+        if "LastEvaluatedKey" not in page:
+            return sorted(leases, key=lambda lease: lease["shard"])
+        kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+
+def behind_millis(kinesis: Any, stream: str, lease: dict[str, Any]) -> int | None:
+    """MillisBehindLatest as seen from the checkpoint (None when it cannot be known)."""
+    checkpoint = lease["checkpoint"]
+    if checkpoint == "SHARD_END":
+        return 0
+    if not checkpoint:
+        return None
+    args: dict[str, Any] = {"StreamName": stream, "ShardId": lease["shard"]}
+    if checkpoint in SENTINELS:
+        args["ShardIteratorType"] = checkpoint if checkpoint != "AT_TIMESTAMP" else "TRIM_HORIZON"
+    else:
+        args.update(ShardIteratorType="AFTER_SEQUENCE_NUMBER", StartingSequenceNumber=checkpoint)
+    try:
+        iterator = kinesis.get_shard_iterator(**args)["ShardIterator"]
+        return int(kinesis.get_records(ShardIterator=iterator, Limit=1).get("MillisBehindLatest", 0))
+    except Exception:  # status is best effort: a closed or trimmed shard has no answer
+        return None
+
+
+def run(args: argparse.Namespace) -> int:
+    table = args.lease_table or args.app
+    dynamodb = boto3.client("dynamodb", region_name=args.region, endpoint_url=args.endpoint, config=boto_config())
+    try:
+        leases = read_leases(dynamodb, table)
+    except dynamodb.exceptions.ResourceNotFoundException:
+        print(f"tablesync status: no lease table {table!r}: has a worker of application {args.app!r} ever started "
+              f"in {args.region}?", file=sys.stderr)
+        return 1
+    if args.stream:
+        kinesis = boto3.client("kinesis", region_name=args.region, endpoint_url=args.endpoint, config=boto_config())
+        for lease in leases:
+            lease["behind_ms"] = behind_millis(kinesis, args.stream, lease)
+    if args.json:
+        print(json.dumps({"lease_table": table, "shards": leases}, indent=2))
+        return 0
+    cols = ["shard", "owner", "checkpoint", "lease_counter", "parents"] + (["behind_ms"] if args.stream else [])
+    rows = [[_cell(lease.get(c)) for c in cols] for lease in leases]
+    widths = [max(len(c), *(len(r[i]) for r in rows)) if rows else len(c) for i, c in enumerate(cols)]
+    print("  ".join(c.ljust(w) for c, w in zip(cols, widths, strict=True)))
+    for row in rows:
+        print("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)))
+    owned = sum(1 for lease in leases if lease["owner"])
+    print(f"{len(leases)} leases, {owned} owned, {len({lease['owner'] for lease in leases if lease['owner']})} workers")
+    return 0
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, list):
+        return ",".join(value) or "-"
+    text = str(value)
+    return text if len(text) <= 24 else text[:10] + "…" + text[-10:]

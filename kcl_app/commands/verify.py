@@ -1,0 +1,87 @@
+"""``tablesync verify``: compare the source with every target; optionally repair through the fenced path.
+
+    tablesync verify --config targets.toml [--target NAME ...] [--segments N] [--sample RATE]
+        [--seed S] [--repair] [--json]
+
+Exit codes: 0 every target matches (or every divergence was repaired); 1 divergences remain;
+2 the verification could not run (configuration, access, a table missing).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from kcl_app.adapters.clock import SystemClock
+from kcl_app.commands.backfill import source_client, target_specs
+from kcl_app.config import load
+from kcl_app.core.errors import ReplicationError
+from kcl_app.verify import TargetReport, Verifier, VerifyReport
+
+EXIT_OK, EXIT_DIVERGENT, EXIT_ERROR = 0, 1, 2
+SHOWN = 20
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    parser: argparse.ArgumentParser = subparsers.add_parser(
+        "verify", help="compare the source with every target (and repair)", description=__doc__.split("\n")[0])
+    parser.add_argument("--config", required=True, help="targets.toml")
+    parser.add_argument("--target", action="append", default=None, help="target name (repeat; default all)")
+    parser.add_argument("--segments", type=int, default=4, help="parallel scan segments (default 4)")
+    parser.add_argument("--sample", type=float, default=1.0, help="fraction of keys to check, in (0, 1]")
+    parser.add_argument("--seed", type=int, default=None, help="seed of the sample (default random)")
+    parser.add_argument("--repair", action="store_true", help="fix divergences without overwriting newer data")
+    parser.add_argument("--json", action="store_true", help="print a machine-readable report")
+    return parser
+
+
+def _print_target(t: TargetReport) -> None:
+    state = "clean" if t.clean else "DIVERGENT"
+    print(f"target {t.target}: {state}; checked {t.source_checked} source and {t.target_checked} target items; "
+          f"missing {t.count('missing')}, extra {t.count('extra')}, different {t.count('different')}, "
+          f"in flight {t.in_flight}; repaired {t.repaired}, superseded {t.superseded}, "
+          f"repair failed {t.repair_failed}")
+    for d in list(t.divergences.values())[:SHOWN]:
+        doc = d.to_json()
+        what = "; ".join(f"{a.name}: {a.problem} ({a.source} != {a.target})" for a in d.attributes)
+        repair = f" [repair: {d.repair}]" if d.repair else ""
+        print(f"  {d.kind} {json.dumps(doc['key'], sort_keys=True)}{': ' + what if what else ''}{repair}")
+    if len(t.divergences) > SHOWN:
+        print(f"  ... {len(t.divergences) - SHOWN} more (use --json for all)")
+
+
+def run(args: argparse.Namespace) -> int:
+    clock = SystemClock()
+    reports: list[VerifyReport] = []
+    try:
+        config = load(args.config)
+        source = source_client(config)
+        specs = target_specs(config, args.target)
+        tables = sorted({s.rule.source_table for s in specs})
+        for table in tables:
+            verifier = Verifier(source, table, [s for s in specs if s.rule.source_table == table], clock,
+                                segments=args.segments, sample=args.sample, seed=args.seed)
+            reports.append(verifier.run(repair=args.repair))
+    except (ReplicationError, ClientError, BotoCoreError, OSError, ValueError, TimeoutError) as exc:
+        print(f"tablesync verify: cannot verify: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    clean = all(r.clean for r in reports)
+    if args.json:
+        print(json.dumps({"clean": clean, "sources": [r.to_json() for r in reports]}, indent=2, sort_keys=True))
+    else:
+        for report in reports:
+            print(f"source {report.source_table} (sample {report.sample:g}):")
+            for target in report.targets.values():
+                _print_target(target)
+    return EXIT_OK if clean else EXIT_DIVERGENT
+
+
+if __name__ == "__main__":
+    _parser = argparse.ArgumentParser(prog="tablesync")
+    _sub = _parser.add_subparsers(dest="command", required=True)
+    add_parser(_sub)
+    sys.exit(run(_parser.parse_args()))

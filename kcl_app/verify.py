@@ -1,0 +1,422 @@
+"""Verify that every target holds exactly what its rule makes of the source, and repair what differs.
+
+Two passes per run, each a parallel Scan with strongly consistent reads:
+
+1. source -> targets: each (sampled) source item is shaped by each target's rule (projection,
+   transform) and compared with the target's item, fetched by BatchGetItem. Finds *missing* and
+   *different* items (which attributes differ, type changes included).
+2. target -> source: each (sampled) target item's key is looked up in the source. Finds *extra*
+   items (no source item, or one the target's transform drops).
+
+A mismatch is re-read (consistent GetItem of the source item and of the target item) before it is
+called a divergence: a write in flight between the scan and the comparison is counted `in_flight`.
+The inline version attribute is ignored. Sets compare as sets, numbers by value, binary by bytes.
+
+Repair (`repair=True`) goes through the fenced path and never overwrites data newer than its own
+read. Exact mode, per divergent key:
+
+1. read the ledger row's version V and the source item (both consistent);
+2. write, in one transaction, the ledger row at V' = (V.micros, V.tiebreak + "#repair") on the
+   condition that the row is still at V (or still absent), and the item Put/Delete;
+3. a cancelled condition means a newer change landed in between: counted `superseded`, untouched.
+
+V' sorts just above V: any change with a later timestamp still wins over the repair, any change
+that V already beat still loses. Inline mode does the same with the item's version attribute.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
+from typing import Any, Literal
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from kcl_app.adapters.ledger_writer import LEDGER_DELETED, LEDGER_EXPIRES, LEDGER_KEY, LEDGER_VERSION
+from kcl_app.adapters.retry import Backoff, error_code
+from kcl_app.backfill import TargetSpec, call, key_names_of, scan_pages, shape_item
+from kcl_app.core.attrs import AttributeValue, Item, item_to_wire, key_id, key_of
+from kcl_app.core.versions import Version
+from kcl_app.ports import Clock
+
+log = logging.getLogger("tablesync.verify")
+
+Kind = Literal["missing", "extra", "different"]
+Problem = Literal["missing_in_target", "extra_in_target", "type", "value", "transform_failed"]
+RepairOutcome = Literal["repaired", "superseded", "failed"]
+REPAIR_SUFFIX = "repair"
+BATCH_GET = 100
+
+
+# -- comparison (pure) ------------------------------------------------------------------------
+def _number(text: str) -> Decimal | str:
+    try:
+        return Decimal(text)
+    except InvalidOperation:
+        return text
+
+
+def canonical(value: AttributeValue) -> Any:
+    """A hashable form in which equal DynamoDB values are equal (sets unordered, numbers by value)."""
+    ((kind, inner),) = value.items()
+    if kind == "N":
+        return ("N", _number(inner))
+    if kind == "B":
+        return ("B", bytes(inner))
+    if kind in ("SS",):
+        return ("SS", frozenset(inner))
+    if kind == "NS":
+        return ("NS", frozenset(_number(n) for n in inner))
+    if kind == "BS":
+        return ("BS", frozenset(bytes(b) for b in inner))
+    if kind == "M":
+        return ("M", tuple(sorted((k, canonical(v)) for k, v in inner.items())))
+    if kind == "L":
+        return ("L", tuple(canonical(v) for v in inner))
+    return (kind, inner)
+
+
+def show(value: AttributeValue | None, limit: int = 80) -> str | None:
+    """A short human form of a value: `S:'abc'`, `B:0x0102`, `SS:['a', 'b']`."""
+    if value is None:
+        return None
+    ((kind, inner),) = value.items()
+    if kind == "B":
+        text = "0x" + bytes(inner).hex()
+    elif kind == "BS":
+        text = str(sorted("0x" + bytes(b).hex() for b in inner))
+    elif kind in ("SS", "NS"):
+        text = str(sorted(inner))
+    elif kind in ("M", "L"):
+        text = str(item_to_wire({"v": value})["v"][kind])
+    else:
+        text = repr(inner)
+    return f"{kind}:{text if len(text) <= limit else text[:limit] + '...'}"
+
+
+@dataclass(frozen=True)
+class AttrDiff:
+    name: str
+    problem: Problem
+    source: str | None = None
+    target: str | None = None
+
+
+def diff_items(expected: Item, actual: Item) -> list[AttrDiff]:
+    """Attribute-level differences between what the target should hold and what it holds."""
+    out: list[AttrDiff] = []
+    for name in sorted(set(expected) | set(actual)):
+        exp, act = expected.get(name), actual.get(name)
+        if act is None:
+            out.append(AttrDiff(name, "missing_in_target", show(exp)))
+        elif exp is None:
+            out.append(AttrDiff(name, "extra_in_target", None, show(act)))
+        elif next(iter(exp)) != next(iter(act)):
+            out.append(AttrDiff(name, "type", show(exp), show(act)))
+        elif canonical(exp) != canonical(act):
+            out.append(AttrDiff(name, "value", show(exp), show(act)))
+    return out
+
+
+def same(expected: Item | None, actual: Item | None) -> bool:
+    if expected is None or actual is None:
+        return expected is None and actual is None
+    return not diff_items(expected, actual)
+
+
+# -- report -----------------------------------------------------------------------------------
+@dataclass
+class Divergence:
+    kind: Kind
+    key: Item
+    attributes: list[AttrDiff] = field(default_factory=list)
+    repair: RepairOutcome | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kind": self.kind, "key": item_to_wire(self.key), "repair": self.repair,
+                "attributes": [a.__dict__ for a in self.attributes]}
+
+
+@dataclass
+class TargetReport:
+    target: str
+    source_checked: int = 0
+    target_checked: int = 0
+    in_flight: int = 0
+    divergences: dict[str, Divergence] = field(default_factory=dict)
+    repaired: int = 0
+    superseded: int = 0
+    repair_failed: int = 0
+
+    def count(self, kind: Kind) -> int:
+        return sum(1 for d in self.divergences.values() if d.kind == kind)
+
+    @property
+    def clean(self) -> bool:
+        """True when every divergence found was repaired (or none was found)."""
+        return len(self.divergences) == self.repaired
+
+    def to_json(self, max_listed: int = 1000) -> dict[str, Any]:
+        listed = list(self.divergences.values())[:max_listed]
+        return {"target": self.target, "clean": self.clean, "source_checked": self.source_checked,
+                "target_checked": self.target_checked, "in_flight": self.in_flight,
+                "missing": self.count("missing"), "extra": self.count("extra"),
+                "different": self.count("different"), "repaired": self.repaired,
+                "superseded": self.superseded, "repair_failed": self.repair_failed,
+                "divergences": [d.to_json() for d in listed],
+                "listed": len(listed), "truncated": len(self.divergences) > len(listed)}
+
+
+@dataclass
+class VerifyReport:
+    source_table: str
+    targets: dict[str, TargetReport]
+    sample: float = 1.0
+
+    @property
+    def clean(self) -> bool:
+        return all(t.clean for t in self.targets.values())
+
+    def to_json(self, max_listed: int = 1000) -> dict[str, Any]:
+        return {"source_table": self.source_table, "clean": self.clean, "sample": self.sample,
+                "targets": [t.to_json(max_listed) for t in self.targets.values()]}
+
+
+# -- the verifier -----------------------------------------------------------------------------
+class Verifier:
+    """Compares one source table with its targets; optionally repairs. Thread-safe counters."""
+
+    def __init__(self, source: Any, source_table: str, targets: Sequence[TargetSpec], clock: Clock, *,
+                 segments: int = 4, sample: float = 1.0, seed: int | None = None,
+                 page_limit: int | None = None, backoff: Backoff | None = None) -> None:
+        if not 0.0 < sample <= 1.0:
+            raise ValueError("sample must be in (0, 1]")
+        self.source = source
+        self.source_table = source_table
+        self.targets = list(targets)
+        self.clock = clock
+        self.segments = max(1, segments)
+        self.sample = sample
+        self.seed = seed if seed is not None else random.SystemRandom().randrange(2**32)
+        self.page_limit = page_limit
+        self.backoff = backoff or Backoff(base=0.05, cap=2.0)
+        self.key_names: tuple[str, ...] = ()
+        self._lock = threading.Lock()
+
+    def run(self, repair: bool = False) -> VerifyReport:
+        self.key_names = key_names_of(self.source, self.source_table)
+        report = VerifyReport(self.source_table, {t.name: TargetReport(t.name) for t in self.targets}, self.sample)
+        # 1 source -> targets
+        self._parallel(lambda seg: self._source_segment(seg, report))
+        # 2 target -> source
+        for spec in self.targets:
+            self._parallel(lambda seg, spec=spec: self._target_segment(spec, seg, report))
+        # 3 repair through the fenced path
+        if repair:
+            for spec in self.targets:
+                self._repair_all(spec, report.targets[spec.name])
+        return report
+
+    def _parallel(self, work: Any) -> None:
+        with ThreadPoolExecutor(self.segments, thread_name_prefix="ts-verify") as pool:
+            for future in [pool.submit(work, seg) for seg in range(self.segments)]:
+                future.result()
+
+    def _sampled(self, items: list[Item], rng: random.Random) -> list[Item]:
+        return items if self.sample >= 1.0 else [i for i in items if rng.random() < self.sample]
+
+    def _source_segment(self, segment: int, report: VerifyReport) -> None:
+        rng = random.Random(f"{self.seed}:s:{segment}")
+        for items, _ in scan_pages(self.clock, self.source, self.source_table, segment, self.segments,
+                                   limit=self.page_limit):
+            sampled = self._sampled(items, rng)
+            for spec in self.targets:
+                treport = report.targets[spec.name]
+                expected: dict[str, tuple[Item, Item | None]] = {}
+                for item in sampled:
+                    key = key_of(item, self.key_names)
+                    try:
+                        expected[key_id(key)] = (key, shape_item(spec.rule, self.source_table, self.key_names, item))
+                    except Exception:  # noqa: BLE001 - a failing transform is itself a divergence
+                        self._recheck(spec, key, treport)
+                actual = self._batch_get(spec.client, spec.table, [k for k, _ in expected.values()])
+                with self._lock:
+                    treport.source_checked += len(sampled)
+                for kid, (key, exp) in expected.items():
+                    if not same(exp, self._strip(spec, actual.get(kid))):
+                        self._recheck(spec, key, treport)
+
+    def _target_segment(self, spec: TargetSpec, segment: int, report: VerifyReport) -> None:
+        rng = random.Random(f"{self.seed}:t:{spec.name}:{segment}")
+        treport = report.targets[spec.name]
+        for items, _ in scan_pages(self.clock, spec.client, spec.table, segment, self.segments,
+                                   limit=self.page_limit):
+            keys = [key_of(i, self.key_names) for i in self._sampled(items, rng)]
+            found = self._batch_get(self.source, self.source_table, keys)
+            with self._lock:
+                treport.target_checked += len(keys)
+            for key in keys:
+                src = found.get(key_id(key))
+                try:
+                    wanted = src is not None and shape_item(spec.rule, self.source_table, self.key_names, src)
+                except Exception:  # noqa: BLE001 - the recheck records the transform failure
+                    wanted = None
+                if not wanted:
+                    self._recheck(spec, key, treport)
+
+    def _recheck(self, spec: TargetSpec, key: Item, treport: TargetReport) -> None:
+        """Re-read both sides consistently; record a divergence only if they still differ."""
+        kid = key_id(key)
+        src = self._get(self.source, self.source_table, key)
+        act = self._strip(spec, self._get(spec.client, spec.table, key))
+        try:
+            exp = shape_item(spec.rule, self.source_table, self.key_names, src) if src else None
+        except Exception as exc:  # noqa: BLE001 - user transform
+            with self._lock:
+                treport.divergences[kid] = Divergence(
+                    "different", key, [AttrDiff("*", "transform_failed", repr(exc))])
+            return
+        if same(exp, act):
+            with self._lock:
+                treport.in_flight += 1
+            return
+        if act is None:
+            found = Divergence("missing", key)
+        elif exp is None:
+            found = Divergence("extra", key)
+        else:
+            found = Divergence("different", key, diff_items(exp, act))
+        with self._lock:
+            treport.divergences[kid] = found
+
+    # -- reads ------------------------------------------------------------------------------
+    def _strip(self, spec: TargetSpec, item: Item | None) -> Item | None:
+        if item is None or spec.mode != "inline":
+            return item
+        return {k: v for k, v in item.items() if k != spec.version_attribute}
+
+    def _get(self, client: Any, table: str, key: Item) -> Item | None:
+        answer = call(self.clock, client.get_item, TableName=table, Key=key, ConsistentRead=True)
+        item: Item | None = answer.get("Item")
+        return item
+
+    def _batch_get(self, client: Any, table: str, keys: Sequence[Item]) -> dict[str, Item]:
+        out: dict[str, Item] = {}
+        for start in range(0, len(keys), BATCH_GET):
+            request: dict[str, Any] = {table: {"Keys": list(keys[start:start + BATCH_GET]), "ConsistentRead": True}}
+            deadline = self.clock.monotonic() + 60.0
+            attempt = 0
+            while request:
+                answer = call(self.clock, client.batch_get_item, RequestItems=request)
+                for item in answer.get("Responses", {}).get(table, []):
+                    out[key_id(key_of(item, self.key_names))] = item
+                request = answer.get("UnprocessedKeys") or {}
+                if request and not self.backoff.wait(self.clock, attempt, deadline):
+                    raise TimeoutError(f"BatchGetItem on {table}: keys still unprocessed after 60 s")
+                attempt += 1
+        return out
+
+    # -- repair -----------------------------------------------------------------------------
+    def _repair_all(self, spec: TargetSpec, treport: TargetReport) -> None:
+        for divergence in treport.divergences.values():
+            if any(a.problem == "transform_failed" for a in divergence.attributes):
+                outcome: RepairOutcome = "failed"
+            else:
+                outcome = self.repair_key(spec, divergence.key)
+            divergence.repair = outcome
+            if outcome == "repaired":
+                treport.repaired += 1
+            elif outcome == "superseded":
+                treport.superseded += 1
+            else:
+                treport.repair_failed += 1
+
+    def repair_key(self, spec: TargetSpec, key: Item) -> RepairOutcome:
+        """Make the target hold the source's current (shaped) item for `key`, unless a newer
+        change reaches the target between this read and this write (then: `superseded`)."""
+        try:
+            src = self._get(self.source, self.source_table, key)
+            desired = shape_item(spec.rule, self.source_table, self.key_names, src) if src else None
+            if spec.mode == "exact":
+                return self._repair_exact(spec, key, desired)
+            return self._repair_inline(spec, key, desired)
+        except Exception as exc:  # noqa: BLE001 - reported per key; the run goes on
+            log.error("target %s: repair of %s failed: %r", spec.name, key_id(key), exc)
+            return "failed"
+
+    def _repair_exact(self, spec: TargetSpec, key: Item, desired: Item | None) -> RepairOutcome:
+        kid = key_id(key)
+        row = self._get(spec.client, str(spec.ledger_table), {LEDGER_KEY: {"S": kid}})
+        names = {"#k": LEDGER_KEY, "#v": LEDGER_VERSION}
+        values: dict[str, Any] = {}
+        if row is not None and LEDGER_VERSION in row:
+            seen = Version.from_token(row[LEDGER_VERSION]["S"])
+            new = Version(seen.micros, f"{seen.tiebreak}#{REPAIR_SUFFIX}")
+            condition = "#v = :seen"
+            values[":seen"] = row[LEDGER_VERSION]
+        else:
+            new = Version(0, REPAIR_SUFFIX)
+            condition = ("attribute_exists(#k) AND attribute_not_exists(#v)" if row is not None
+                         else "attribute_not_exists(#k)")
+        ledger_row: Item = {LEDGER_KEY: {"S": kid}, LEDGER_VERSION: {"S": new.token()},
+                            LEDGER_DELETED: {"BOOL": desired is None}}
+        if desired is None:
+            ledger_row[LEDGER_EXPIRES] = {"N": str(int(self.clock.now() + spec.tombstone_ttl_seconds))}
+        used = {k: v for k, v in names.items() if k in condition}  # DynamoDB refuses unused names
+        put: dict[str, Any] = {"TableName": spec.ledger_table, "Item": ledger_row,
+                               "ConditionExpression": condition, "ExpressionAttributeNames": used}
+        if values:
+            put["ExpressionAttributeValues"] = values
+        target: dict[str, Any] = ({"Delete": {"TableName": spec.table, "Key": key}} if desired is None
+                                  else {"Put": {"TableName": spec.table, "Item": desired}})
+        return self._fenced(lambda: spec.client.transact_write_items(TransactItems=[{"Put": put}, target]))
+
+    def _repair_inline(self, spec: TargetSpec, key: Item, desired: Item | None) -> RepairOutcome:
+        current = self._get(spec.client, spec.table, key)
+        names = {"#pk": self.key_names[0], "#va": spec.version_attribute}
+        values: dict[str, Any] = {}
+        if current is None:
+            if desired is None:
+                return "repaired"
+            new, condition = Version(0, REPAIR_SUFFIX), "attribute_not_exists(#pk)"
+        elif spec.version_attribute in current:
+            seen = Version.from_token(current[spec.version_attribute]["S"])
+            new, condition = Version(seen.micros, f"{seen.tiebreak}#{REPAIR_SUFFIX}"), "#va = :seen"
+            values[":seen"] = current[spec.version_attribute]
+        else:
+            new, condition = Version(0, REPAIR_SUFFIX), "attribute_exists(#pk) AND attribute_not_exists(#va)"
+        used = {k: v for k, v in names.items() if k in condition}
+        common: dict[str, Any] = {"TableName": spec.table, "ConditionExpression": condition,
+                                  "ExpressionAttributeNames": used}
+        if values:
+            common["ExpressionAttributeValues"] = values
+        if desired is None:
+            return self._fenced(lambda: spec.client.delete_item(Key=key, **common))
+        item = {**desired, spec.version_attribute: {"S": new.token()}}
+        return self._fenced(lambda: spec.client.put_item(Item=item, **common))
+
+    def _fenced(self, write: Any) -> RepairOutcome:
+        deadline = self.clock.monotonic() + 30.0
+        attempt = 0
+        while True:
+            try:
+                write()
+                return "repaired"
+            except ClientError as exc:
+                code = error_code(exc)
+                reasons = exc.response.get("CancellationReasons") or [{}]
+                if code == "ConditionalCheckFailedException" or (
+                        code == "TransactionCanceledException" and reasons[0].get("Code") == "ConditionalCheckFailed"):
+                    return "superseded"
+                last: Exception = exc
+            except BotoCoreError as exc:
+                last = exc
+            if not self.backoff.wait(self.clock, attempt, deadline):
+                log.error("repair gave up: %r", last)
+                return "failed"
+            attempt += 1
