@@ -42,7 +42,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logs.setup(args.log_level, json_lines=args.log_json)
-    handler = getattr(args, "handler", None) or getattr(args, "func", None) or importlib.import_module(f"kcl_app.commands.{args.command}").run
+    handler = getattr(args, "handler", None) or getattr(args, "func", None)
+    if handler is None:
+        handler = importlib.import_module(f"kcl_app.commands.{args.command}").run
     try:
         return int(handler(args) or 0)
     except ConfigError as exc:

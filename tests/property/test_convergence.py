@@ -106,7 +106,8 @@ scenario = operations.flatmap(
 
 
 @pytest.mark.usefixtures("moto")
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@settings(max_examples=60, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(scenario)
 def test_every_target_converges_to_the_source(clock, case) -> None:
     ops, plan = case
@@ -130,5 +131,6 @@ def test_the_property_fails_for_the_classic_copier() -> None:
         expected = normalise_all(sim.items)
         return any(normalise_all(t) != expected for t in run_naive(sim, plan).values())
 
-    counterexample = find(scenario, diverges, settings=settings(max_examples=300, deadline=None, database=None, phases=[Phase.generate]))
+    quick = settings(max_examples=300, deadline=None, database=None, phases=[Phase.generate])
+    counterexample = find(scenario, diverges, settings=quick)
     assert diverges(counterexample)

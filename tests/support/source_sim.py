@@ -16,7 +16,8 @@ from kcl_app.core.records import RawRecord
 
 
 class SourceSim:
-    def __init__(self, table: str = "src", key_names: tuple[str, ...] = ("pk",), start_micros: int = 1_790_000_000_000_000):
+    def __init__(self, table: str = "src", key_names: tuple[str, ...] = ("pk",),
+                 start_micros: int = 1_790_000_000_000_000):
         self.table = table
         self.key_names = key_names
         self.items: dict[str, Item] = {}

@@ -17,7 +17,8 @@ def create_table(client: Any, name: str, key_names: tuple[str, ...] = ("pk",), k
     )
 
 
-def scan_all(client: Any, table: str, key_names: tuple[str, ...] = ("pk",), drop: tuple[str, ...] = ()) -> dict[str, Item]:
+def scan_all(client: Any, table: str, key_names: tuple[str, ...] = ("pk",),
+             drop: tuple[str, ...] = ()) -> dict[str, Item]:
     out: dict[str, Item] = {}
     kwargs: dict[str, Any] = {"TableName": table, "ConsistentRead": True}
     while True:
