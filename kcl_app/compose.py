@@ -17,11 +17,11 @@ from botocore.config import Config as BotoConfig
 from botocore.credentials import AssumeRoleCredentialFetcher, DeferredRefreshableCredentials
 
 from kcl_app.adapters.clock import SystemClock
-from kcl_app.adapters.dead_letters import DirectoryDeadLetters, SqsDeadLetters
+from kcl_app.adapters.dead_letters import DirectoryDeadLetters, RoutedDeadLetters, SqsDeadLetters
 from kcl_app.adapters.inline_writer import InlineWriter
 from kcl_app.adapters.ledger_writer import LedgerWriter, ensure_ledger
 from kcl_app.adapters.metrics import EmfMetrics
-from kcl_app.config import Config, TargetConfig
+from kcl_app.config import Config, DeadLetterConfig, TargetConfig
 from kcl_app.pipeline import POISON_STORE, UNMAPPED_STORE, Pipeline
 from kcl_app.ports import Clock, DeadLetterSink, Metrics, TargetWriter
 
@@ -100,18 +100,30 @@ def make_writer(target: TargetConfig, config: Config, clock: Clock, client: Any 
 
 
 def make_dead_letters(config: Config, base_dir: str | None = None) -> DeadLetterSink:
-    """One sink for all stores. Directory stores share a root; SQS stores map store -> queue."""
-    first = config.targets[0].dead_letter
-    if first.kind == "dir":
-        root = first.path
-        if base_dir and not os.path.isabs(root):
-            root = os.path.join(base_dir, root)
-        return DirectoryDeadLetters(root)
-    urls = {t.name: t.dead_letter.queue_url for t in config.targets if t.dead_letter.queue_url}
-    client = boto3.client("sqs", region_name=first.region or config.targets[0].region,
-                          endpoint_url=first.endpoint_url, config=boto_config())
-    return SqsDeadLetters(client, {k: v for k, v in urls.items() if v},
-                          default_url=first.queue_url)
+    """A sink that routes each store to its target's dead-letter settings.
+
+    `_poison` and `_unmapped` (records that belong to no target) go to the first target's store.
+    Relative directory paths are relative to the config file's folder."""
+    if base_dir is None and os.path.isfile(config.origin):
+        base_dir = os.path.dirname(os.path.abspath(config.origin))
+    built: dict[DeadLetterConfig, DeadLetterSink] = {}
+
+    def sink_for(target: TargetConfig) -> DeadLetterSink:
+        settings = target.dead_letter
+        if settings not in built:
+            if settings.kind == "dir":
+                root = settings.path
+                if base_dir and not os.path.isabs(root):
+                    root = os.path.join(base_dir, root)
+                built[settings] = DirectoryDeadLetters(root)
+            else:
+                client = boto3.client("sqs", region_name=settings.region or target.region,
+                                      endpoint_url=settings.endpoint_url, config=boto_config())
+                built[settings] = SqsDeadLetters(client, {}, default_url=settings.queue_url)
+        return built[settings]
+
+    routes = {t.name: sink_for(t) for t in config.targets}
+    return RoutedDeadLetters(routes, default=routes[config.targets[0].name])
 
 
 @dataclass

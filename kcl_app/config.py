@@ -1,6 +1,6 @@
 """tablesync configuration: a TOML file, validated completely before anything starts.
 
-Every key is documented in README.md ("Configuration reference"). Unknown keys are errors (a typo
+Every key is documented in docs/configuration.md. Unknown keys are errors (a typo
 must never be silently ignored). Errors name the file, the key and what is wrong, e.g.
 `targets.toml: targets[1].region: required`.
 

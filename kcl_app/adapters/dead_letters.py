@@ -128,6 +128,10 @@ class SqsDeadLetters:
                 entry = DeadLetter.from_json(json.loads(message["Body"]))
                 if entry.store == store:
                     yield message["ReceiptHandle"], entry
+                else:  # another store's entry in a shared queue: give it back at once
+                    self.client.change_message_visibility(
+                        QueueUrl=url, ReceiptHandle=message["ReceiptHandle"], VisibilityTimeout=0
+                    )
 
     def remove(self, store: str, handles: Sequence[str]) -> None:
         url = self._url(store)
@@ -142,3 +146,31 @@ class SqsDeadLetters:
             QueueUrl=self._url(store), AttributeNames=["ApproximateNumberOfMessages"]
         )
         return int(attrs["Attributes"]["ApproximateNumberOfMessages"])
+
+
+class RoutedDeadLetters:
+    """Routes each store to its own sink (per-target settings); unknown stores go to `default`."""
+
+    def __init__(self, routes: Mapping[str, Any], default: Any) -> None:
+        self.routes = dict(routes)
+        self.default = default
+
+    def _sink(self, store: str) -> Any:
+        return self.routes.get(store, self.default)
+
+    def park(self, entries: Sequence[DeadLetter]) -> None:
+        by_sink: dict[int, tuple[Any, list[DeadLetter]]] = {}
+        for entry in entries:
+            sink = self._sink(entry.store)
+            by_sink.setdefault(id(sink), (sink, []))[1].append(entry)
+        for sink, group in by_sink.values():
+            sink.park(group)
+
+    def read(self, store: str) -> Iterator[tuple[str, DeadLetter]]:
+        return self._sink(store).read(store)  # type: ignore[no-any-return]
+
+    def remove(self, store: str, handles: Sequence[str]) -> None:
+        self._sink(store).remove(store, handles)
+
+    def depth(self, store: str) -> int:
+        return int(self._sink(store).depth(store))

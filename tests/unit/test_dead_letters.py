@@ -107,3 +107,23 @@ def test_a_partial_sqs_batch_is_a_failed_park() -> None:
     sink = SqsDeadLetters(PartialSqs(), {"eu": "url"})
     with pytest.raises(ParkFailed, match="SQS refused 1 entries"):
         sink.park([letter("eu", 0), letter("eu", 1)])
+
+
+def test_each_target_parks_into_its_own_settings_and_strays_go_to_the_first(tmp_path) -> None:
+    from kcl_app.compose import make_dead_letters
+    from kcl_app.config import parse
+
+    cfg = parse({"targets": [
+        {"name": "a", "source_table": "src", "region": "eu-west-1", "table": "copy-a",
+         "dead_letter": {"path": str(tmp_path / "dlq-a")}},
+        {"name": "b", "source_table": "src", "region": "eu-west-2", "table": "copy-b",
+         "dead_letter": {"path": str(tmp_path / "dlq-b")}},
+    ]})
+    sink = make_dead_letters(cfg)
+    letters = [DeadLetter(store, "why", b"raw-" + store.encode(), "1", "shard-0", 1.0) for store in ("a", "b", "_poison")]
+    sink.park(letters)
+    assert [e.data for _, e in DirectoryDeadLetters(tmp_path / "dlq-a").read("a")] == [b"raw-a"]
+    assert [e.data for _, e in DirectoryDeadLetters(tmp_path / "dlq-b").read("b")] == [b"raw-b"]
+    assert [e.data for _, e in DirectoryDeadLetters(tmp_path / "dlq-a").read("_poison")] == [b"raw-_poison"]
+    assert not (tmp_path / "dlq-b" / "_poison").exists()
+    assert [e.data for _, e in sink.read("b")] == [b"raw-b"]
