@@ -39,7 +39,12 @@ def main(argv: list[str] | None = None) -> int:
     # EMF lines go to stderr (the daemon's log) or, with TABLESYNC_METRICS_FILE, to a file that a
     # log agent ships (and that `tablesync demo` reads for its progress display).
     metrics_path = os.environ.get("TABLESYNC_METRICS_FILE")
-    stream = open(metrics_path, "a", buffering=1, encoding="utf-8") if metrics_path else None  # noqa: SIM115
+    stream = None
+    if metrics_path:
+        try:
+            stream = open(metrics_path, "a", buffering=1, encoding="utf-8")  # noqa: SIM115 - process lifetime
+        except OSError as exc:
+            log.error("cannot open TABLESYNC_METRICS_FILE %s (%s): metrics go to stderr", metrics_path, exc)
     metrics = EmfMetrics(stream=stream, namespace=cfg.metrics_namespace)
 
     def factory():  # built on initialize, so a worker that never gets a lease touches nothing
