@@ -25,6 +25,8 @@ from collections.abc import Callable, Mapping
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+from kcl_app.local import moto_speed
+
 MAX_ITEM_BYTES = 400 * 1024
 """DynamoDB's item size limit: UTF-8 attribute name lengths plus value sizes."""
 MAX_TRANSACT_ACTIONS = 100
@@ -32,6 +34,8 @@ MAX_BATCH_WRITE_REQUESTS = 25
 MAX_GET_RECORDS = 10_000
 
 _WRITE_LOCK = threading.RLock()
+_checked = threading.local()
+"""``sizes`` is true while a transaction applies actions whose item sizes it has already checked."""
 _INSTALL_LOCK = threading.Lock()
 _installed = False
 _MARK = "_tablesync_fix"
@@ -45,6 +49,7 @@ def install() -> None:
             return
         _install_dynamodb()
         _install_kinesis()
+        moto_speed.install()
         _installed = True
 
 
@@ -73,7 +78,7 @@ def item_size(attrs: Mapping[str, Any]) -> int:
 def value_size(value: Any) -> int:
     """Size of one attribute value: strings by UTF-8 length, binary by raw length, numbers by
     significant digits (1 byte per 2 digits + 1), BOOL/NULL 1 byte, List/Map 3 bytes + 1 byte per element."""
-    if isinstance(value, Mapping):
+    if type(value) is dict or isinstance(value, Mapping):
         ((kind, raw),) = value.items()
     else:  # a moto DynamoType
         kind, raw = value.type, value.value
@@ -99,6 +104,8 @@ def value_size(value: Any) -> int:
 
 
 def _number_size(raw: str) -> int:
+    if raw.isascii() and raw.isdigit():  # the common case, without Decimal: an unsigned integer
+        return (len(raw.strip("0") or "0") + 1) // 2 + 1
     try:
         digits = "".join(map(str, Decimal(raw).as_tuple().digits)).strip("0") or "0"
     except InvalidOperation:
@@ -141,7 +148,8 @@ def _install_dynamodb() -> None:
     def make_put(orig: Callable[..., Any]) -> Callable[..., Any]:
         def put_item(self: Any, table_name: str, item_attrs: dict[str, Any], *args: Any, **kw: Any) -> Any:
             with _WRITE_LOCK:
-                _check_item_size(item_attrs)
+                if not getattr(_checked, "sizes", False):
+                    _check_item_size(item_attrs)
                 return orig(self, table_name, item_attrs, *args, **kw)
 
         return put_item
@@ -273,12 +281,15 @@ def _transact_write_items(self: Any, transact_items: list[dict[str, Any]]) -> No
         # 3 apply in request order through the backend's write methods; roll back touched items on failure
         snapshot = _snapshot_items(actions)
         stream_marks = [(a.table, len(a.table.stream_shard.items)) for a in actions if a.table.stream_shard]
+        _checked.sizes = True
         try:
             for action in actions:
                 action.apply(self)
         except Exception:
             _restore(snapshot, stream_marks)
             raise
+        finally:
+            _checked.sizes = False
 
 
 class _TxAction:
@@ -334,8 +345,11 @@ class _TxAction:
 
 
 def _snapshot_items(actions: list[_TxAction]) -> list[tuple[Any, Any, Any, Any]]:
-    """Copies of the items the transaction writes (ConditionCheck writes nothing): the rollback state."""
-    return [(a.table, a.hash_key, a.range_key, copy.deepcopy(a.current))
+    """The items the transaction writes (ConditionCheck writes nothing), as the rollback state.
+
+    Put and Delete replace or remove the stored ``Item`` object without touching it, so the object itself
+    is the old state; only Update changes an item in place and needs a copy."""
+    return [(a.table, a.hash_key, a.range_key, copy.deepcopy(a.current) if a.kind == "Update" else a.current)
             for a in actions if a.kind != "ConditionCheck"]
 
 

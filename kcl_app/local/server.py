@@ -40,18 +40,25 @@ What the WSGI layer (:class:`EmulatorApp`) adds in front of moto, and why:
    ``POST /moto-api/reset`` (moto's own) also forgets the destinations.
 
 Run: ``python -m kcl_app.local.server --port 4566`` (logs to stderr).
+
+Profiling: with ``TABLESYNC_SERVER_PROFILE=/some/prefix`` in its environment the server records cProfile
+statistics of the moto calls (``/some/prefix.app.prof``, all worker threads, serialised by the lock) and of
+the event loop that speaks HTTP (``/some/prefix.loop.prof``), written when it stops, and logs how its CPU
+time splits between the two. Read them with ``python -m pstats``.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import cProfile
 import io
 import json
 import logging
 import os
 import signal
 import sys
+import time
 from collections.abc import Callable, Iterable
 from typing import Any
 from urllib.parse import parse_qs
@@ -61,6 +68,7 @@ from kcl_app.local import destination
 log = logging.getLogger(__name__)
 
 DEFAULT_REGION = "us-east-1"
+PROFILE_ENV = "TABLESYNC_SERVER_PROFILE"
 StartResponse = Callable[..., Any]
 
 
@@ -78,8 +86,12 @@ def install_patches() -> None:
 class EmulatorApp:
     """WSGI app: moto (all services) plus the ``/_tablesync/`` endpoints (see module doc)."""
 
-    def __init__(self, moto_app: Callable[[dict[str, Any], StartResponse], Iterable[bytes]]) -> None:
+    def __init__(self, moto_app: Callable[[dict[str, Any], StartResponse], Iterable[bytes]],
+                 profile: cProfile.Profile | None = None) -> None:
         self.moto_app = moto_app
+        self.profile = profile
+        self.requests = 0
+        self.app_cpu_s = 0.0
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> list[bytes]:
         path = environ.get("PATH_INFO", "")
@@ -97,17 +109,29 @@ class EmulatorApp:
             captured[:] = [status, headers]
 
         with destination.EMULATOR_LOCK:
-            result = self.moto_app(environ, capture)
+            cpu0 = time.thread_time()
+            if self.profile is not None:
+                self.profile.enable()
             try:
-                body = b"".join(result)
+                body = self._call_moto(environ, capture)
             finally:
-                close = getattr(result, "close", None)
-                if close is not None:
-                    close()
+                if self.profile is not None:
+                    self.profile.disable()
+                self.requests += 1
+                self.app_cpu_s += time.thread_time() - cpu0
             if path == "/moto-api/reset" and environ.get("REQUEST_METHOD") == "POST":
                 destination.reset()
         start_response(*captured)
         return [body]
+
+    def _call_moto(self, environ: dict[str, Any], capture: StartResponse) -> bytes:
+        result = self.moto_app(environ, capture)
+        try:
+            return b"".join(result)
+        finally:
+            close = getattr(result, "close", None)
+            if close is not None:
+                close()
 
     def _admin(self, environ: dict[str, Any], start_response: StartResponse) -> list[bytes]:
         method = environ.get("REQUEST_METHOD", "GET")
@@ -158,12 +182,12 @@ class EmulatorApp:
         return "404 Not Found", {"error": "NotFound", "message": f"no route {method} {route}"}
 
 
-def build_app() -> EmulatorApp:
+def build_app(profile: cProfile.Profile | None = None) -> EmulatorApp:
     """The patched moto app for every service, wrapped (import-time free of side effects)."""
     install_patches()
     from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
 
-    return EmulatorApp(DomainDispatcherApplication(create_backend_app))
+    return EmulatorApp(DomainDispatcherApplication(create_backend_app), profile)
 
 
 def hypercorn_config(host: str, port: int) -> Any:
@@ -178,26 +202,39 @@ def hypercorn_config(host: str, port: int) -> Any:
     return config
 
 
-async def _serve(host: str, port: int) -> None:
+async def _serve(host: str, port: int, app: EmulatorApp) -> None:
     from hypercorn.asyncio import serve
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    app = build_app()
     log.info("tablesync local stack serving on http://%s:%d (HTTP/1.1 + h2c), pid %d", host, port, os.getpid())
-    await serve(app, hypercorn_config(host, port), shutdown_trigger=stop.wait, mode="wsgi")  # type: ignore[arg-type]
+    await serve(app, hypercorn_config(host, port), shutdown_trigger=stop.wait, mode="wsgi")
     log.info("tablesync local stack stopped")
 
 
 def serve_forever(host: str = "127.0.0.1", port: int = 4566) -> int:
     """Serve until SIGTERM/SIGINT. Returns 0, or 2 when the address cannot be bound."""
+    prefix = os.environ.get(PROFILE_ENV)
+    app_profile, loop_profile = (cProfile.Profile(), cProfile.Profile()) if prefix else (None, None)
+    app = build_app(app_profile)
+    cpu0 = time.process_time()
+    if loop_profile is not None:
+        loop_profile.enable()
     try:
-        asyncio.run(_serve(host, port))
+        asyncio.run(_serve(host, port, app))
     except OSError as exc:
         log.error("cannot listen on %s:%d: %s", host, port, exc)
         return 2
+    finally:
+        if loop_profile is not None and app_profile is not None:
+            loop_profile.disable()
+            app_profile.dump_stats(f"{prefix}.app.prof")
+            loop_profile.dump_stats(f"{prefix}.loop.prof")
+            log.info("profile statistics in %s.app.prof and %s.loop.prof", prefix, prefix)
+        log.info("served %d requests: process CPU %.2f s, of which in moto %.2f s",
+                 app.requests, time.process_time() - cpu0, app.app_cpu_s)
     return 0
 
 
