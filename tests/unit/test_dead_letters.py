@@ -120,7 +120,8 @@ def test_each_target_parks_into_its_own_settings_and_strays_go_to_the_first(tmp_
          "dead_letter": {"path": str(tmp_path / "dlq-b")}},
     ]})
     sink = make_dead_letters(cfg)
-    letters = [DeadLetter(store, "why", b"raw-" + store.encode(), "1", "shard-0", 1.0) for store in ("a", "b", "_poison")]
+    letters = [DeadLetter(store, "why", b"raw-" + store.encode(), "1", "shard-0", 1.0)
+               for store in ("a", "b", "_poison")]
     sink.park(letters)
     assert [e.data for _, e in DirectoryDeadLetters(tmp_path / "dlq-a").read("a")] == [b"raw-a"]
     assert [e.data for _, e in DirectoryDeadLetters(tmp_path / "dlq-b").read("b")] == [b"raw-b"]
