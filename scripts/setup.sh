@@ -51,9 +51,10 @@ mvn -q -B -f "$pom" dependency:copy-dependencies -DoutputDirectory="$src/amazon_
 "$VENV/bin/python" -m pip install -q --upgrade pip setuptools wheel >/dev/null
 say "installing amazon-kclpy $KCLPY_VERSION with the resolved jars"
 ( cd "$src" && KCL_MVN_REPO_SEARCH_URL="file://$HOME/.m2/repository/" "$VENV/bin/python" -m pip install -q --no-build-isolation . ) \
-  || die "amazon-kclpy did not install"
+  >"$work/pip-kclpy.log" 2>&1 || { tail -30 "$work/pip-kclpy.log" >&2; die "amazon-kclpy did not install (log: $work/pip-kclpy.log)"; }
 say "installing tablesync and its pinned dependencies"
-"$VENV/bin/python" -m pip install -q -e ".[dev]" || die "pip install failed"
+"$VENV/bin/python" -m pip install -q -e ".[dev]" >"$work/pip.log" 2>&1 \
+  || { tail -30 "$work/pip.log" >&2; die "pip install failed (log: $work/pip.log)"; }
 n=$(ls "$("$VENV/bin/python" -c 'import amazon_kclpy, os; print(os.path.dirname(amazon_kclpy.__file__))')/jars" | wc -l)
 [ "$n" -gt 50 ] || die "amazon_kclpy has only $n jars; the daemon cannot start"
 rm -f "$VENV"/.tablesync-setup-*

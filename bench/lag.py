@@ -1,0 +1,156 @@
+"""bench/lag: end-to-end lag on the local stack, tablesync vs the classic copier, same stream, same run.
+
+Source writes at a steady rate into a table whose Kinesis streaming destination feeds a 4-shard
+stream. Two consumers read that stream at the same polling interval (200 ms):
+
+* tablesync: two real KCL workers (`tablesync run`, properties/local.properties) applying every
+  change to two targets in two regions; lag = applied time - ApproximateCreationDateTime, from the
+  workers' own LagMs metric (per target, so "applied in every target" is the max over targets).
+* the classic copier: one poller per shard (GetRecords every 200 ms), put_item/delete_item per
+  record, sequential; lag measured the same way after each call.
+
+Prints p50/p99 for each and the ratio. Never asserts. The machine's 2 cores are shared by the
+emulator, both daemons, the record processors, the copier and the writer: absolute figures are
+this machine's. Usage: .venv/bin/python bench/lag.py [--rate 500] [--seconds 30]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from kcl_app.local.fleet import Fleet, create_source, create_table, lease_owners, read_metrics  # noqa: E402
+from kcl_app.local.stack import running_stack  # noqa: E402
+
+REGION = "us-east-1"
+TARGETS = (("dr", "eu-west-1", "lag-dr"), ("lite", "ap-southeast-2", "lag-lite"))
+
+
+def pct(values: list[float], q: int) -> float:
+    if len(values) < 2:
+        return values[0] if values else float("nan")
+    return statistics.quantiles(values, n=100, method="inclusive")[q - 1]
+
+
+def copier(stack, stream: str, stop: threading.Event, lags: list[float], idle: float) -> list[threading.Thread]:
+    kinesis = stack.client("kinesis", REGION)
+    target = stack.client("dynamodb", "eu-west-2")
+    create_table(target, "lag-copier")
+    threads = []
+    for shard in kinesis.list_shards(StreamName=stream)["Shards"]:
+        def poll(shard_id: str = shard["ShardId"]) -> None:
+            k = stack.client("kinesis", REGION)
+            d = stack.client("dynamodb", "eu-west-2")
+            it = k.get_shard_iterator(StreamName=stream, ShardId=shard_id, ShardIteratorType="LATEST")["ShardIterator"]
+            while not stop.is_set():
+                page = k.get_records(ShardIterator=it, Limit=1000)
+                for rec in page["Records"]:
+                    doc = json.loads(rec["Data"])
+                    if doc["eventName"] == "REMOVE":
+                        d.delete_item(TableName="lag-copier", Key=doc["dynamodb"]["Keys"])
+                    else:
+                        d.put_item(TableName="lag-copier", Item=doc["dynamodb"]["NewImage"])
+                    lags.append(time.time() * 1000 - doc["dynamodb"]["ApproximateCreationDateTime"] / 1000)
+                it = page.get("NextShardIterator")
+                if not it:
+                    return
+                stop.wait(idle)
+        t = threading.Thread(target=poll, daemon=True)
+        t.start()
+        threads.append(t)
+    return threads
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rate", type=float, default=500.0, help="source writes per second")
+    ap.add_argument("--seconds", type=float, default=30.0)
+    ap.add_argument("--keys", type=int, default=5000)
+    args = ap.parse_args()
+    os.environ.setdefault("AWS_ACCESS_KEY_ID", "bench")
+    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "bench")
+    workdir = Path(tempfile.mkdtemp(prefix="tablesync-lag-"))
+    with running_stack(log_path=workdir / "stack.log") as stack:
+        source = stack.client("dynamodb", REGION)
+        create_source(source, stack.client("kinesis", REGION), "lag-source", "lag-stream", 4, "MICROSECOND")
+        lines = ['[source]\ntable = "lag-source"\n']
+        for name, region, table in TARGETS:
+            create_table(stack.client("dynamodb", region), table)
+            lines.append(f'[[targets]]\nname = "{name}"\nregion = "{region}"\ntable = "{table}"\n'
+                         f'endpoint_url = "{stack.endpoint}"\n'
+                         f'dead_letter = {{ kind = "dir", path = "{workdir / "dlq"}" }}\n')
+        config = workdir / "targets.toml"
+        config.write_text("\n".join(lines))
+        fleet = Fleet(stack.endpoint, "lag-stream", "lag-app", config, workdir)
+        try:
+            fleet.start_worker()
+            fleet.start_worker()
+            deadline = time.monotonic() + 120
+            while not (len(o := lease_owners(source, "lag-app")) >= 4 and all(o.values())):
+                if time.monotonic() > deadline:
+                    print("leases not taken in 120 s", file=sys.stderr)
+                    return 1
+                time.sleep(0.5)
+            source.put_item(TableName="lag-source", Item={"pk": {"S": "warm-up"}})
+            warm = [(stack.client("dynamodb", r), t) for _, r, t in TARGETS]
+            while not all(c.get_item(TableName=t, Key={"pk": {"S": "warm-up"}}).get("Item") for c, t in warm):
+                time.sleep(0.2)
+            _, offset = read_metrics(fleet.metrics_file)
+            stop = threading.Event()
+            copier_lags: list[float] = []
+            pollers = copier(stack, "lag-stream", stop, copier_lags, 0.2)
+            writes = 0
+            interval = 1.0 / args.rate
+            start = next_write = time.monotonic()
+            while time.monotonic() - start < args.seconds:
+                n = writes
+                key = {"pk": {"S": f"k{n % args.keys:06d}"}}
+                if n % 10 == 9:
+                    source.delete_item(TableName="lag-source", Key=key)
+                else:
+                    source.put_item(TableName="lag-source", Item={**key, "n": {"N": str(n)}, "b": {"B": b"\x00\x01"},
+                                                                   "s": {"SS": ["a", str(n % 5)]}})
+                writes += 1
+                next_write += interval
+                time.sleep(max(0.0, next_write - time.monotonic()))
+            achieved = writes / (time.monotonic() - start)
+            # both consumers have drained once a last marker is in all three tables
+            source.put_item(TableName="lag-source", Item={"pk": {"S": "done"}})
+            tables = [*warm, (stack.client("dynamodb", "eu-west-2"), "lag-copier")]
+            deadline = time.monotonic() + 120
+            while not all(c.get_item(TableName=t, Key={"pk": {"S": "done"}}).get("Item") for c, t in tables):
+                if time.monotonic() > deadline:
+                    print("consumers did not drain in 120 s; figures below are partial", file=sys.stderr)
+                    break
+                time.sleep(0.2)
+            stop.set()
+            for t in pollers:
+                t.join(timeout=5)
+            docs, _ = read_metrics(fleet.metrics_file, offset)
+            ours = [float(v) for d in docs if d.get("Target") for v in d.get("LagMs", [])]
+            print(f"workload: {writes} source writes at {achieved:.0f}/s ({args.rate:.0f} asked) over 4 shards, "
+                  f"2 KCL workers, idleTimeBetweenReadsInMillis=200, 2 targets; lag = applied - "
+                  f"ApproximateCreationDateTime")
+            print(f"{'consumer':<40}{'samples':>9}{'p50 ms':>9}{'p99 ms':>9}")
+            print(f"{'tablesync (every target)':<40}{len(ours):>9}{pct(ours, 50):>9.0f}{pct(ours, 99):>9.0f}")
+            print(f"{'classic copier (1 target, per record)':<40}{len(copier_lags):>9}"
+                  f"{pct(copier_lags, 50):>9.0f}{pct(copier_lags, 99):>9.0f}")
+            if copier_lags and ours:
+                print(f"ratio copier/tablesync: p50 {pct(copier_lags, 50) / pct(ours, 50):.1f}x, "
+                      f"p99 {pct(copier_lags, 99) / pct(ours, 99):.1f}x")
+        finally:
+            fleet.stop(timeout=30)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
