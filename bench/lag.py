@@ -41,6 +41,35 @@ def pct(values: list[float], q: int) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[q - 1]
 
 
+def write_load(stack, rate: float, seconds: float, keys: int, first: int, threads: int = 8) -> int:
+    """Write at `rate` per second for `seconds` from `threads` paced writers; returns the count."""
+    done = [0] * threads
+
+    def writer(i: int) -> None:
+        client = stack.client("dynamodb", REGION)
+        interval = threads / rate
+        begin = next_write = time.monotonic()
+        n = first + i
+        while time.monotonic() - begin < seconds:
+            key = {"pk": {"S": f"k{n % keys:06d}"}}
+            if n % 10 == 9:
+                client.delete_item(TableName="lag-source", Key=key)
+            else:
+                client.put_item(TableName="lag-source", Item={**key, "n": {"N": str(n)}, "b": {"B": b"\x00\x01"},
+                                                              "s": {"SS": ["a", str(n % 5)]}})
+            done[i] += 1
+            n += threads
+            next_write += interval
+            time.sleep(max(0.0, next_write - time.monotonic()))
+
+    pool = [threading.Thread(target=writer, args=(i,)) for i in range(threads)]
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join()
+    return sum(done)
+
+
 def copier(stack, stream: str, stop: threading.Event, lags: list[float], idle: float) -> list[threading.Thread]:
     kinesis = stack.client("kinesis", REGION)
     target = stack.client("dynamodb", "eu-west-2")
@@ -104,24 +133,20 @@ def main() -> int:
             warm = [(stack.client("dynamodb", r), t) for _, r, t in TARGETS]
             while not all(c.get_item(TableName=t, Key={"pk": {"S": "warm-up"}}).get("Item") for c, t in warm):
                 time.sleep(0.2)
+            # KCL 3.x balances leases by throughput once records flow: load the stream until both
+            # workers own leases (or 90 s), so that the figures are steady state, not a hand-off
+            for _ in range(9):
+                write_load(stack, args.rate, 10, args.keys, 10_000_000)
+                if len({o for o in lease_owners(source, "lag-app").values() if o}) >= 2:
+                    break
+            owners = lease_owners(source, "lag-app")
+            balance = sorted(list(owners.values()).count(w) for w in set(owners.values()))
             _, offset = read_metrics(fleet.metrics_file)
             stop = threading.Event()
             copier_lags: list[float] = []
             pollers = copier(stack, "lag-stream", stop, copier_lags, 0.2)
-            writes = 0
-            interval = 1.0 / args.rate
-            start = next_write = time.monotonic()
-            while time.monotonic() - start < args.seconds:
-                n = writes
-                key = {"pk": {"S": f"k{n % args.keys:06d}"}}
-                if n % 10 == 9:
-                    source.delete_item(TableName="lag-source", Key=key)
-                else:
-                    source.put_item(TableName="lag-source", Item={**key, "n": {"N": str(n)}, "b": {"B": b"\x00\x01"},
-                                                                   "s": {"SS": ["a", str(n % 5)]}})
-                writes += 1
-                next_write += interval
-                time.sleep(max(0.0, next_write - time.monotonic()))
+            start = time.monotonic()
+            writes = write_load(stack, args.rate, args.seconds, args.keys, 0)
             achieved = writes / (time.monotonic() - start)
             # both consumers have drained once a last marker is in all three tables
             source.put_item(TableName="lag-source", Item={"pk": {"S": "done"}})
@@ -138,8 +163,8 @@ def main() -> int:
             docs, _ = read_metrics(fleet.metrics_file, offset)
             ours = [float(v) for d in docs if d.get("Target") for v in d.get("LagMs", [])]
             print(f"workload: {writes} source writes at {achieved:.0f}/s ({args.rate:.0f} asked) over 4 shards, "
-                  f"2 KCL workers, idleTimeBetweenReadsInMillis=200, 2 targets; lag = applied - "
-                  f"ApproximateCreationDateTime")
+                  f"2 KCL workers (leases per worker: {balance}), idleTimeBetweenReadsInMillis=200, 2 targets; "
+                  f"lag = applied - ApproximateCreationDateTime")
             print(f"{'consumer':<40}{'samples':>9}{'p50 ms':>9}{'p99 ms':>9}")
             print(f"{'tablesync (every target)':<40}{len(ours):>9}{pct(ours, 50):>9.0f}{pct(ours, 99):>9.0f}")
             print(f"{'classic copier (1 target, per record)':<40}{len(copier_lags):>9}"

@@ -6,7 +6,11 @@ checked item by item against the source with `differences` (projection applied).
 
 from __future__ import annotations
 
+import json
+import os
 import random
+import subprocess
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -122,6 +126,19 @@ def test_end_to_end_two_targets_with_duplicates_and_reordering(local_stack, flee
     assert stats["duplicates_sent"] > 0
     docs, _ = read_metrics(fleet.metrics_file)
     assert sum(d.get("Duplicates", 0) + d.get("StaleSkipped", 0) for d in docs) > 0, "fencing was exercised"
+
+    # `tablesync status` reads the same lease table: both shards owned, checkpointed, caught up
+    def caught_up():
+        out = subprocess.run(
+            [sys.executable, "-m", "kcl_app.cli", "status", "--app", app, "--stream", stream, "--json",
+             "--region", REGION, "--endpoint", local_stack.endpoint],
+            capture_output=True, text=True, timeout=60, check=True, env={**os.environ, **local_stack.env()})
+        shards = json.loads(out.stdout)["shards"]
+        ok = len(shards) == 2 and all(s["owner"] and s["checkpoint"].isdigit() and s["behind_ms"] == 0
+                                      for s in shards)
+        return shards if ok else None
+    shards = wait_for(caught_up, 60, 1.0, "status to show every shard owned and caught up")
+    assert {s["shard"] for s in shards} == set(lease_owners(ddb, app))
 
 
 def test_replay_fills_fresh_targets_from_trim_horizon_and_from_a_timestamp(local_stack, fleet_factory) -> None:
