@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 
 from amazon_kclpy import kcl
@@ -28,6 +29,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", help="targets TOML (default: TABLESYNC_CONFIG or the env shortcut)")
     parser.add_argument("--log-level", default=os.environ.get("TABLESYNC_LOG_LEVEL", "INFO"))
     args = parser.parse_args(argv)
+    # A terminal's Ctrl-C reaches the whole process group; the daemon owns the shutdown (it asks
+    # each processor to checkpoint via shutdown_requested), so the processor must not die first.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     logs.setup(args.log_level, json_lines=True, pid=os.getpid())
     path = args.config or os.environ.get("TABLESYNC_CONFIG")
     try:
