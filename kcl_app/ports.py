@@ -24,6 +24,14 @@ class ApplyResult:
     failed: list[tuple[Write, str]] = field(default_factory=list)
     retries: int = 0
 
+    def merge(self, other: ApplyResult) -> None:
+        """Add another result's writes and retries to this one."""
+        self.applied += other.applied
+        self.stale += other.stale
+        self.duplicate += other.duplicate
+        self.failed += other.failed
+        self.retries += other.retries
+
 
 class TargetWriter(Protocol):
     """Fenced writes into one target table."""

@@ -107,11 +107,7 @@ class LedgerWriter:
         else:
             results = list(self._pool.map(lambda c: self._apply_chunk(c, deadline), chunks))
         for r in results:
-            total.applied += r.applied
-            total.stale += r.stale
-            total.duplicate += r.duplicate
-            total.failed += r.failed
-            total.retries += r.retries
+            total.merge(r)
         return total
 
     # -- one transaction, with its retries ------------------------------------------------------
@@ -166,12 +162,7 @@ class LedgerWriter:
                         return result
                     half = len(pending) // 2
                     for part in (pending[:half], pending[half:]):
-                        sub = self._apply_chunk(part, deadline)
-                        result.applied += sub.applied
-                        result.stale += sub.stale
-                        result.duplicate += sub.duplicate
-                        result.failed += sub.failed
-                        result.retries += sub.retries
+                        result.merge(self._apply_chunk(part, deadline))
                     return result
                 else:
                     last = f"{code}: {exc.response.get('Error', {}).get('Message', '')}"

@@ -171,21 +171,21 @@ class Fleet:
         self.workers = [w for w in self.workers if w.alive()]
 
 
-def lease_owners(client_ddb: Any, app: str) -> dict[str, str | None]:
-    """shard -> owner from the KCL lease table ({} while it does not exist)."""
+def leases(client_ddb: Any, app: str) -> dict[str, dict[str, Any]]:
+    """shard -> lease item from the KCL lease table ({} while it does not exist)."""
     try:
         items = client_ddb.scan(TableName=app, ConsistentRead=True).get("Items", [])
     except client_ddb.exceptions.ResourceNotFoundException:
         return {}
-    return {i["leaseKey"]["S"]: i.get("leaseOwner", {}).get("S") for i in items}
+    return {i["leaseKey"]["S"]: i for i in items}
+
+
+def lease_owners(client_ddb: Any, app: str) -> dict[str, str | None]:
+    return {shard: i.get("leaseOwner", {}).get("S") for shard, i in leases(client_ddb, app).items()}
 
 
 def lease_checkpoints(client_ddb: Any, app: str) -> dict[str, str | None]:
-    try:
-        items = client_ddb.scan(TableName=app, ConsistentRead=True).get("Items", [])
-    except client_ddb.exceptions.ResourceNotFoundException:
-        return {}
-    return {i["leaseKey"]["S"]: i.get("checkpoint", {}).get("S") for i in items}
+    return {shard: i.get("checkpoint", {}).get("S") for shard, i in leases(client_ddb, app).items()}
 
 
 def read_metrics(path: Path, offset: int = 0) -> tuple[list[dict[str, Any]], int]:
