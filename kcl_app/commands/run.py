@@ -1,15 +1,14 @@
 """``tablesync run``: run the KCL MultiLangDaemon with tablesync's record processor.
 
     tablesync run --properties FILE --config targets.toml [--stream NAME] [--app NAME]
-                  [--region R] [--endpoint URL] [--initial-position POS] [--seed-leases]
+                  [--region R] [--endpoint URL] [--initial-position POS]
                   [--log-file PATH]
 
 Steps: 1 render the properties template (placeholders ``{python}``, ``{config}``, ``{stream}``,
 ``{app}``, ``{region}``, ``{endpoint}``; flags override keys; every key checked against KCL
-3.1.3's) into a private temporary file; 2 with ``--seed-leases`` (local stacks only), pre-create
-the lease table and its leases so the daemon starts in seconds; 3 start the daemon and wait:
-SIGTERM/SIGINT become a graceful stop (record processors checkpoint; the daemon gets
-``shutdownGraceMillis`` + 10 s before being killed).
+3.1.3's) into a private temporary file; 2 start the daemon and wait: SIGTERM/SIGINT become a
+graceful stop (record processors checkpoint; the daemon gets ``shutdownGraceMillis`` + 10 s
+before being killed). The KCL creates and owns its lease tables.
 
 ``--endpoint`` points Kinesis, DynamoDB and CloudWatch at an emulator (switching the Kinesis
 client to JSON: moto cannot read CBOR) and supplies dummy credentials when none are set.
@@ -57,8 +56,6 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--endpoint", help="emulator URL for Kinesis, DynamoDB and CloudWatch")
     parser.add_argument("--initial-position", metavar="POS",
                         help="TRIM_HORIZON | LATEST | AT_TIMESTAMP:<epoch seconds or ISO-8601>")
-    parser.add_argument("--seed-leases", action="store_true",
-                        help="with --endpoint: pre-create the leases (fast local start)")
     parser.add_argument("--log-file", type=Path, help="append the daemon's log here (default: stderr)")
     parser.set_defaults(func=run)
     return parser
@@ -136,30 +133,11 @@ def daemon_environment(args: argparse.Namespace, environ: dict[str, str]) -> dic
     return env
 
 
-def _seed(rendered: str, env: dict[str, str]) -> None:
-    import boto3
-
-    from kcl_app.lease_seed import seed_leases
-
-    props = daemon.parse_properties(rendered)
-    endpoint = props["kinesisEndpoint"]
-    session = boto3.session.Session(
-        aws_access_key_id=env.get("AWS_ACCESS_KEY_ID"), aws_secret_access_key=env.get("AWS_SECRET_ACCESS_KEY"),
-        region_name=props.get("regionName") or env.get("AWS_REGION") or "us-east-1")
-    position = "AT_TIMESTAMP" if "initialPositionInStreamExtended" in props else props.get(
-        "initialPositionInStream", "LATEST").upper()
-    seed_leases(session.client("dynamodb", endpoint_url=props.get("dynamoDBEndpoint", endpoint)),
-                session.client("kinesis", endpoint_url=endpoint),
-                props.get("tableName") or props["applicationName"], props["streamName"], position)  # type: ignore[arg-type]
-
-
 def run(args: argparse.Namespace) -> int:
     """Run the daemon in the foreground until it exits or we are asked to stop (see module doc)."""
     environ = dict(os.environ)
     try:
         rendered = build_properties(args, environ)
-        if args.seed_leases and not args.endpoint:
-            raise UsageError("--seed-leases needs --endpoint (production lets the KCL create its leases)")
     except UsageError as exc:
         print(f"tablesync run: {exc}", file=sys.stderr)
         return 2
@@ -169,12 +147,6 @@ def run(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="tablesync-run-") as work:
         properties_file = Path(work) / "kcl.properties"
         properties_file.write_text(rendered, encoding="utf-8")
-        if args.seed_leases:
-            try:
-                _seed(rendered, env)
-            except Exception as exc:  # boto3/botocore errors, SeedRefused: reported, not a traceback
-                print(f"tablesync run: --seed-leases failed: {type(exc).__name__}: {exc}", file=sys.stderr)
-                return 1
         try:
             argv = daemon.java_command(properties_file, cbor=not daemon.needs_json_protocol(rendered))
             log.info("KCL application %s on stream %s", props["applicationName"], props.get("streamName"))

@@ -21,7 +21,6 @@ from kcl_app.commands import backfill as backfill_cmd
 from kcl_app.core.attrs import Item
 from kcl_app.core.plan import TargetRule
 from kcl_app.core.records import RawRecord
-from kcl_app.lease_seed import seed_leases
 from kcl_app.pipeline import Pipeline
 from kcl_app.verify import Verifier
 from tests.support.source_sim import SourceSim
@@ -350,11 +349,21 @@ def test_backfill_refuses_without_a_kcl_lease_table(source_and_target: Any, tmp_
     assert len(scan_all(target, "copy-a")) == 7
 
 
+def kcl_lease_table(dynamodb: Any, table: str, shards: list[dict[str, Any]]) -> None:
+    """A lease table as a freshly started KCL application leaves it: one unowned lease per shard."""
+    dynamodb.create_table(TableName=table, AttributeDefinitions=[{"AttributeName": "leaseKey", "AttributeType": "S"}],
+                          KeySchema=[{"AttributeName": "leaseKey", "KeyType": "HASH"}], BillingMode="PAY_PER_REQUEST")
+    for shard in shards:
+        dynamodb.put_item(TableName=table, Item={
+            "leaseKey": {"S": shard["ShardId"]}, "leaseCounter": {"N": "0"}, "checkpoint": {"S": "TRIM_HORIZON"},
+            "checkpointSubSequenceNumber": {"N": "0"}, "ownerSwitchesSinceCheckpoint": {"N": "0"}})
+
+
 def test_backfill_checks_a_lease_per_open_shard(source_and_target: Any, tmp_path: Path, capsys: Any) -> None:
     source, target = source_and_target
     kinesis = boto3.client("kinesis", region_name=SOURCE_REGION)
     kinesis.create_stream(StreamName="changes", ShardCount=2)
-    seed_leases(source, kinesis, "orders-app", "changes", "TRIM_HORIZON")
+    kcl_lease_table(source, "orders-app", kinesis.list_shards(StreamName="changes")["Shards"])
     first = kinesis.list_shards(StreamName="changes")["Shards"][0]["ShardId"]
     lease = source.get_item(TableName="orders-app", Key={"leaseKey": {"S": first}})["Item"]
     source.delete_item(TableName="orders-app", Key={"leaseKey": {"S": first}})

@@ -1,7 +1,7 @@
 """The real KCL 3.1.3 MultiLangDaemon against the local stack, end to end through `tablesync run`.
 
 A 2-shard stream gets 20 records; `python -m kcl_app.commands.run` (properties/local.properties
-with the echo processor as executable, --seed-leases) must deliver every record to the echo
+with the echo processor as executable) must deliver every record to the echo
 processor, checkpoint both shards in the lease table, and stop gracefully on SIGTERM with
 status 0 within the grace period.
 """
@@ -104,7 +104,7 @@ def test_daemon_delivers_checkpoints_and_stops_gracefully(local_stack: Any, tmp_
     grace_s = int(daemon.parse_properties(properties.read_text())["shutdownGraceMillis"]) / 1000
 
     argv = ["--properties", str(properties), "--config", str(config), "--stream", stream, "--app", app,
-            "--endpoint", local_stack.endpoint, "--seed-leases", "--log-file", str(log)]
+            "--endpoint", local_stack.endpoint, "--log-file", str(log)]
     with tablesync_run(argv, env) as proc:
         started = time.monotonic()
         # 1 every record reaches the processor, on the shard Kinesis put it in

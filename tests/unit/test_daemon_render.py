@@ -149,7 +149,7 @@ def _args(tmp_path: Path, properties: Path, **extra: object) -> argparse.Namespa
     config = tmp_path / "targets.toml"
     config.write_text("")
     values = {"properties": properties, "config": config, "stream": None, "app": None, "region": None,
-              "endpoint": None, "initial_position": None, "seed_leases": False, "log_file": None}
+              "endpoint": None, "initial_position": None, "log_file": None}
     values.update(extra)
     return argparse.Namespace(**values)
 
@@ -197,15 +197,11 @@ def test_run_refuses_bad_initial_position(value: str) -> None:
         run_cmd.initial_position_overrides(value)
 
 
-def test_run_refuses_missing_config_and_unsafe_seeding(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_run_refuses_a_missing_config(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     args = _args(tmp_path, PROPERTIES / "local.properties", endpoint="http://127.0.0.1:1")
     args.config = tmp_path / "missing.toml"
     assert run_cmd.run(args) == 2
     assert "missing.toml" in capsys.readouterr().err
-    args = _args(tmp_path, PROPERTIES / "production.properties", stream="s", app="a", region="r",
-                 seed_leases=True)
-    assert run_cmd.run(args) == 2
-    assert "--seed-leases needs --endpoint" in capsys.readouterr().err
 
 
 def test_run_reports_a_daemon_that_cannot_start(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
