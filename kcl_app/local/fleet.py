@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -105,6 +106,9 @@ def wait_for(predicate: Callable[[], Any], timeout: float, interval: float = 0.2
         time.sleep(interval)
 
 
+_WORKER_ID = re.compile(r"New leases assigned to worker : ([^,\s]+)")
+
+
 @dataclass
 class Worker:
     name: str
@@ -113,6 +117,17 @@ class Worker:
 
     def alive(self) -> bool:
         return self.proc.poll() is None
+
+    def kcl_id(self) -> str | None:
+        """The KCL worker id, from the daemon's "New leases assigned to worker : <id>" log line."""
+        if not self.log_path.exists():
+            return None
+        with open(self.log_path, encoding="utf-8", errors="replace") as fh:
+            for line in fh:
+                match = _WORKER_ID.search(line)
+                if match:
+                    return match.group(1)
+        return None
 
 
 @dataclass
@@ -186,6 +201,13 @@ def lease_owners(client_ddb: Any, app: str) -> dict[str, str | None]:
 
 def lease_checkpoints(client_ddb: Any, app: str) -> dict[str, str | None]:
     return {shard: i.get("checkpoint", {}).get("S") for shard, i in leases(client_ddb, app).items()}
+
+
+def leader_of(client_ddb: Any, app: str) -> str | None:
+    """Owner of the KCL 3.x leader lock (item "Leader" of <app>-CoordinatorState), if any."""
+    item = client_ddb.get_item(TableName=f"{app}-CoordinatorState", Key={"key": {"S": "Leader"}},
+                               ConsistentRead=True).get("Item")
+    return item["ownerName"]["S"] if item else None
 
 
 def read_metrics(path: Path, offset: int = 0) -> tuple[list[dict[str, Any]], int]:
