@@ -58,7 +58,7 @@ def test_writes_use_the_assumed_role_and_credentials_refresh_before_expiry(clock
     assert scan_all(client, "copy-x") == {'{"pk":{"S":"a"}}': {"pk": {"S": "a"}, "v": {"N": "1"}}}
 
     # near expiry (inside botocore's mandatory refresh window), the next use assumes the role again
-    soon = dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=30)
+    soon = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=30)
     creds._expiry_time = soon
     for cached in fetch_owner._cache.values():  # the fetcher's own cache ages with the same clock
         cached["Credentials"]["Expiration"] = soon.isoformat()
