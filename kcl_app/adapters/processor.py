@@ -11,7 +11,9 @@ by a processor, logs them and still reports success, so nothing may be left to r
 2. `shard_ended`: everything delivered is already settled; checkpoint SHARD_END (required, or
    the child shards stay blocked).
 3. `lease_lost`: stop; never checkpoint (another worker owns the shard now).
-4. `shutdown_requested`: nothing is in flight between calls; checkpoint the last settled record.
+4. `shutdown_requested` (SIGTERM, or a lease handed to another worker): nothing is in flight
+   between calls; checkpoint the last settled record, or the current position if none, so
+   that the hand-off does not wait for its timeout.
 Checkpoint errors: Throttling / KinesisClientLibDependency are retried with backoff; Shutdown
 means the lease is gone; InvalidState / IllegalArgument are bugs and are logged as such.
 """
@@ -111,8 +113,16 @@ class ReplicationProcessor(RecordProcessorBase):
         self._checkpoint(shard_ended_input.checkpointer, None, None)
 
     def shutdown_requested(self, shutdown_requested_input: Any) -> None:
-        log.info("shutdown requested: checkpointing %s", self.last_settled)
-        if self.last_settled is not None and self.lease_held:
+        if not self.lease_held:
+            return
+        # Always answer with a checkpoint: KCL 3.x hands a lease to another worker once the
+        # current processor checkpoints, or only after gracefulLeaseHandoffTimeoutMillis (30 s)
+        # if it does not. Without a settled record yet, the checkpoint without a sequence number
+        # names the largest record delivered, which is none: the lease's current position.
+        log.info("shutdown requested: checkpointing %s", self.last_settled or "the current position")
+        if self.last_settled is None:
+            self._checkpoint(shutdown_requested_input.checkpointer, None, None)
+        else:
             self._checkpoint(shutdown_requested_input.checkpointer, *self.last_settled)
 
     # -- helpers ----------------------------------------------------------------------------------

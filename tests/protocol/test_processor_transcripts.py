@@ -165,3 +165,27 @@ def test_unparkable_batch_checkpoints_only_before_it_and_exits(clock, tmp_path) 
     assert exited.value.code == EXIT_UNSETTLED
     assert set(scan_all(client, "copy-two")) == {'{"pk":{"S":"first"}}'}
     eng.close()
+
+
+def test_shutdown_requested_always_checkpoints_so_a_lease_hand_off_is_not_delayed(engine, clock) -> None:
+    eng, _ = engine
+    sim = SourceSim("source")
+    sim.put({"pk": {"S": "k1"}})
+    fresh = ReplicationProcessor(lambda: eng.pipeline, clock, RecordingMetrics(), exit=_exit)
+    out = run(fresh, [
+        {"action": "initialize", "shardId": "shardId-1", "sequenceNumber": "42", "subSequenceNumber": 0},
+        {"action": "shutdownRequested"},
+        ack("42"),
+    ])
+    assert {"action": "checkpoint", "sequenceNumber": None, "subSequenceNumber": None} in out
+
+    busy = ReplicationProcessor(lambda: eng.pipeline, clock, RecordingMetrics(), exit=_exit)
+    out = run(busy, [
+        {"action": "initialize", "shardId": "shardId-1", "sequenceNumber": "42", "subSequenceNumber": 0},
+        {"action": "processRecords", "records": [record_msg(sim.records[0], "43")], "millisBehindLatest": 0},
+        ack("43"),
+        {"action": "shutdownRequested"},
+        ack("43"),
+    ])
+    checkpoints = [m for m in out if m["action"] == "checkpoint"]
+    assert checkpoints == [{"action": "checkpoint", "sequenceNumber": "43", "subSequenceNumber": 0}] * 2
