@@ -27,6 +27,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from kcl_app.local import moto_speed
+from kcl_app.local.patching import patch
 
 MAX_ITEM_BYTES = 400 * 1024
 """DynamoDB's item size limit: UTF-8 attribute name lengths plus value sizes."""
@@ -56,14 +57,7 @@ def install() -> None:
 
 
 def _patch(owner: Any, name: str, make: Callable[[Callable[..., Any]], Callable[..., Any]]) -> None:
-    """Replace ``owner.name`` by ``make(original)`` unless a previous install already did."""
-    original = getattr(owner, name)
-    if getattr(original, _MARK, False):
-        return
-    replacement = make(original)
-    setattr(replacement, _MARK, True)
-    replacement.__wrapped__ = original  # type: ignore[attr-defined]
-    setattr(owner, name, replacement)
+    patch(owner, name, make, _MARK)
 
 
 # --------------------------------------------------------------------------------------------- item size

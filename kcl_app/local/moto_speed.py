@@ -21,6 +21,8 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from kcl_app.local.patching import patch
+
 _MARK = "_tablesync_speed"
 _install_lock = threading.Lock()
 _installed = False
@@ -39,13 +41,7 @@ def install() -> None:
 
 
 def _patch(owner: Any, name: str, make: Callable[[Callable[..., Any]], Callable[..., Any]]) -> None:
-    original = getattr(owner, name)
-    if getattr(original, _MARK, False):
-        return
-    replacement = make(original)
-    setattr(replacement, _MARK, True)
-    replacement.__wrapped__ = original  # type: ignore[attr-defined]
-    setattr(owner, name, replacement)
+    patch(owner, name, make, _MARK)
 
 
 # ------------------------------------------------------------------------------------- condition expressions
