@@ -6,7 +6,7 @@
 4. start two KCL workers (`tablesync run`: the real MultiLangDaemon + our record processor)
 5. write a mixed workload (puts, updates, deletes; binary, sets, maps, 38-digit numbers) at a
    steady rate, showing writes, applied per target and lag p50/p99 live
-6. wait until the targets are level, verify every target against the source, print one verdict
+6. wait until the targets are level, then `tablesync verify`'s check of every target; one verdict
 7. stop the workers and the stack; exit 1 if any target diverges
 """
 
@@ -22,7 +22,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from kcl_app.adapters.clock import SystemClock
+from kcl_app.backfill import TargetSpec
+from kcl_app.config import load
 from kcl_app.local.fleet import Fleet, create_source, create_table, differences, lease_owners, read_metrics, scan
+from kcl_app.verify import Verifier
 
 SOURCE_REGION = "us-east-1"
 TARGETS = (
@@ -211,14 +215,20 @@ def run(args: argparse.Namespace) -> int:
             progress.poll()
             p50, p99 = progress.percentiles()
             parked = sum(progress.parked.values())
-            if diff:
-                summary = "; ".join(f"{n}: " + ", ".join(f"{len(v)} {k}" for k, v in d.items() if v)
-                                    for n, d in diff.items())
+            # the verdict is `tablesync verify`'s: both directions, consistent re-reads, projections
+            cfg = load(config)
+            specs = [TargetSpec.from_config(t, cfg, stack.client("dynamodb", t.region)) for t in cfg.targets]
+            report = Verifier(source, "demo-orders", specs, SystemClock()).run()
+            if not report.clean:
+                summary = "; ".join(
+                    f"{name}: {r.count('missing')} missing, {r.count('extra')} extra, {r.count('different')} different"
+                    for name, r in report.targets.items() if not r.clean)
                 print(f"DIVERGED: {summary} (source {len(source_items)} items; logs in {workdir})")
                 args.keep = True
             else:
-                print(f"OK: {len(targets)} targets equal the source ({len(source_items)} items after {writes} changes; "
-                      f"lag p50 {p50:.0f} ms, p99 {p99:.0f} ms; {parked} parked)")
+                print(f"OK: {len(targets)} targets equal the source, verified item by item "
+                      f"({len(source_items)} items after {writes} changes; lag p50 {p50:.0f} ms, p99 {p99:.0f} ms; "
+                      f"{parked} parked)")
                 verdict = 0
             # 7 tear down
             fleet.stop()
