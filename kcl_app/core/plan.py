@@ -123,7 +123,11 @@ def plan_batch(
         except Exception as exc:  # noqa: BLE001 - user code: any failure parks the change
             plans[target].rejected.append(Rejected(target, change, f"transform failed: {exc!r}", records))
             continue
-        if item is not None and (size := item_size(item)) > MAX_ITEM_BYTES:
+        # The record's SizeBytes bounds its NewImage, and a projection only removes attributes:
+        # without a transform, a record under the limit cannot hold an oversized item. (A record
+        # that lies about its size is still refused by DynamoDB, and the write is parked.)
+        bounded = rule.transform is None and 0 < change.size_bytes <= MAX_ITEM_BYTES
+        if item is not None and not bounded and (size := item_size(item)) > MAX_ITEM_BYTES:
             reason = f"item of {size} bytes exceeds DynamoDB's 400 KB limit after projection/transform"
             plans[target].rejected.append(Rejected(target, change, reason, records))
             continue
