@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from kcl_app.core.attrs import Item, key_id, project
+from kcl_app.local.stack import poll_until
 
 ROOT = Path(__file__).resolve().parents[2]
 LOCAL_PROPERTIES = ROOT / "properties" / "local.properties"
@@ -96,14 +97,7 @@ def differences(source: Mapping[str, Item], target: Mapping[str, Item], key_name
 
 def wait_for(predicate: Callable[[], Any], timeout: float, interval: float = 0.25, what: str = "condition") -> Any:
     """Poll until predicate() is truthy; TimeoutError naming `what` after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(interval)
+    return poll_until(predicate, timeout=timeout, interval=interval, message=what)
 
 
 _WORKER_ID = re.compile(r"New leases assigned to worker : ([^,\s]+)")
