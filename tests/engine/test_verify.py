@@ -128,27 +128,32 @@ def test_verify_finds_every_kind_of_divergence_and_repair_heals_them(tables: Tab
 
 
 class RacingTarget:
-    """A target client that applies `newer()` once, between the repair's reads and its write."""
+    """A target client that applies `newer()` once, between the repair's reads and its write of `key`
+    (repairs of other keys pass through, whatever order the verifier repairs in)."""
 
-    def __init__(self, inner: Any, newer: Any) -> None:
+    def __init__(self, inner: Any, newer: Any, key: str) -> None:
         self.inner = inner
         self.newer = newer
+        self.key = key
         self.fired = False
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
 
-    def _race(self) -> None:
-        if not self.fired:
+    def _race(self, item: Item) -> None:
+        if not self.fired and item.get("pk") == {"S": self.key}:
             self.fired = True
             self.newer()
 
     def transact_write_items(self, **kwargs: Any) -> Any:
-        self._race()
+        for action in kwargs["TransactItems"]:
+            body = action.get("Put") or action.get("Delete") or {}
+            if body.get("TableName") != "ledger-a":
+                self._race(body.get("Item") or body.get("Key") or {})
         return self.inner.transact_write_items(**kwargs)
 
     def put_item(self, **kwargs: Any) -> Any:
-        self._race()
+        self._race(kwargs["Item"])
         return self.inner.put_item(**kwargs)
 
 
@@ -167,8 +172,10 @@ def test_repair_never_overwrites_a_newer_write(tables: Tables, clock: Any) -> No
                       {k: v for k, v in newest.items() if k != "secret"}, record, (0,))
         assert writer.apply([write], clock.monotonic() + 5).applied
 
-    racing = TargetSpec(tables.a.rule, RacingTarget(tables.target, newer), "copy-a", "exact", "ledger-a")
+    race = RacingTarget(tables.target, newer, "k07")
+    racing = TargetSpec(tables.a.rule, race, "copy-a", "exact", "ledger-a")
     report = tables.verify(repair=True, specs=[racing])
+    assert race.fired
     t = report.targets["a"]
     assert t.superseded == 1 and t.repaired == 0 and not report.clean
     assert tables.target_item(tables.a, 7)["s"] == {"S": "newest"}, "the newer write survives the repair"
@@ -183,9 +190,12 @@ def test_repair_never_overwrites_a_newer_write(tables: Tables, clock: Any) -> No
         tables.target.put_item(TableName="copy-b", Item={**item(8), "s": {"S": "stream"},
                                                           "_tablesync_version": {"S": record.version.token()}})
 
-    racing_b = TargetSpec(tables.b.rule, RacingTarget(tables.target, newer_inline), "copy-b", "inline")
+    race_b = RacingTarget(tables.target, newer_inline, "k08")
+    racing_b = TargetSpec(tables.b.rule, race_b, "copy-b", "inline")
     t = tables.verify(repair=True, specs=[racing_b]).targets["b"]
+    assert race_b.fired
     assert t.superseded == 1 and tables.target_item(tables.b, 8)["s"] == {"S": "stream"}
+    assert t.repaired == 1 and tables.target_item(tables.b, 7)["s"] == {"S": "newest"}, "k07 is repaired as usual"
 
 
 def test_after_a_repair_newer_changes_win_and_older_ones_lose(tables: Tables, clock: Any) -> None:
