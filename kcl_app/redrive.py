@@ -4,18 +4,32 @@ Safe at any time and any number of times: each parked change is applied with its
 version, so one that a newer change has superseded is a stale no-op. An entry is removed from
 the store only once it is settled (applied, stale, duplicate, or parked again with a fresh
 reason, in which case the new entry replaces it).
+
+Replaying an old change is only safe while the fence still remembers every newer change of its
+key. In `exact` mode a delete's tombstone lives for the tombstone TTL; once it has expired, a
+replayed older put would re-create an item the source has deleted. So an entry older than the
+target's tombstone TTL is not replayed: its key is settled from the source's current item through
+the verifier's fenced repair (`reread`). `inline` mode keeps no tombstones at all, so every entry
+of an inline target is settled that way.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
-from kcl_app.core.records import RawRecord
+from kcl_app.core.attrs import Item
+from kcl_app.core.errors import PoisonRecord
+from kcl_app.core.records import RawRecord, decode
+from kcl_app.core.versions import Precision
 from kcl_app.pipeline import Pipeline
-from kcl_app.ports import DeadLetterSink
+from kcl_app.ports import Clock, DeadLetterSink
 
 log = logging.getLogger("tablesync.redrive")
+
+# The source's timestamp and this machine's clock may disagree a little: re-read a little early.
+CLOCK_SKEW_SECONDS = 600.0
 
 
 @dataclass
@@ -24,11 +38,37 @@ class RedriveReport:
     read: int = 0
     applied: int = 0
     stale: int = 0
+    reread: int = 0
     still_failing: int = 0
     removed: int = 0
 
 
-def redrive(pipeline: Pipeline, sink: DeadLetterSink, target: str, batch_size: int = 500) -> RedriveReport:
+@dataclass(frozen=True)
+class Reread:
+    """Settles an entry from the source instead of replaying it, when replaying is no longer safe.
+
+    `repair(key)` makes the target hold the source's current item for `key` (fenced), returning
+    "repaired", "superseded" (a newer change got there first: settled too) or "failed".
+    `max_age_seconds` None means every entry is re-read (inline mode)."""
+
+    repair: Callable[[Item], str]
+    clock: Clock
+    max_age_seconds: float | None
+    precision: Precision = "auto"
+
+    def key_to_reread(self, raw: RawRecord) -> Item | None:
+        try:
+            change = decode(raw, self.precision)
+        except PoisonRecord:
+            return None  # replayed: the pipeline parks it again with its reason
+        if self.max_age_seconds is None:
+            return change.key
+        age = self.clock.now() - change.version.micros / 1e6
+        return change.key if age >= self.max_age_seconds - CLOCK_SKEW_SECONDS else None
+
+
+def redrive(pipeline: Pipeline, sink: DeadLetterSink, target: str, batch_size: int = 500,
+            reread: Reread | None = None) -> RedriveReport:
     report = RedriveReport(target)
     batch: list[tuple[str, RawRecord]] = []
 
@@ -48,7 +88,18 @@ def redrive(pipeline: Pipeline, sink: DeadLetterSink, target: str, batch_size: i
 
     for handle, entry in sink.read(target):
         report.read += 1
-        batch.append((handle, RawRecord(entry.data, entry.sequence_number, shard_id=entry.shard_id)))
+        raw = RawRecord(entry.data, entry.sequence_number, shard_id=entry.shard_id)
+        key = reread.key_to_reread(raw) if reread else None
+        if reread is not None and key is not None:
+            flush()  # what came before this entry in the store lands first
+            if reread.repair(key) in ("repaired", "superseded"):
+                report.reread += 1
+                sink.remove(target, [handle])
+                report.removed += 1
+            else:
+                report.still_failing += 1  # kept as it is, for the next run
+            continue
+        batch.append((handle, raw))
         if len(batch) >= batch_size:
             flush()
     flush()

@@ -340,6 +340,8 @@ class Verifier:
         """Make the target hold the source's current (shaped) item for `key`, unless a newer
         change reaches the target between this read and this write (then: `superseded`)."""
         try:
+            if not self.key_names:  # called on its own (redrive), not after run()
+                self.key_names = key_names_of(self.source, self.source_table)
             src = self._get(self.source, self.source_table, key)
             desired = shape_item(spec.rule, self.source_table, self.key_names, src) if src else None
             if spec.mode == "exact":

@@ -3,8 +3,12 @@
     tablesync redrive --config targets.toml --target NAME [--json]
 
 Safe at any time and any number of times: a parked change older than what the target holds is a
-stale no-op; an entry leaves the dead-letter store only once settled. Reports how many entries were
-read, applied, stale (already superseded) and still failing (parked again with a fresh reason).
+stale no-op; an entry leaves the dead-letter store only once settled. An entry older than the
+tombstone TTL (stream retention + margin), and every entry of an `inline` target, is not replayed:
+its key is settled from the source's current item instead (`reread`), because the fence may no
+longer remember a delete that came after it. Needs read access to the source table for those.
+Reports how many entries were read, applied, stale (already superseded), re-read from the source
+and still failing (parked again with a fresh reason, or kept).
 
 Exit codes: 0 nothing left failing; 1 some entries still fail; 2 could not run.
 """
@@ -19,10 +23,14 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
+from kcl_app.adapters.clock import SystemClock
+from kcl_app.commands.backfill import source_client, target_specs
 from kcl_app.compose import build_engine
-from kcl_app.config import load
+from kcl_app.config import Config, load
 from kcl_app.core.errors import ReplicationError
-from kcl_app.redrive import redrive
+from kcl_app.ports import Clock
+from kcl_app.redrive import Reread, redrive
+from kcl_app.verify import Verifier
 
 EXIT_OK, EXIT_FAILING, EXIT_ERROR = 0, 1, 2
 
@@ -36,23 +44,35 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     return parser
 
 
+def reread_for(config: Config, name: str, clock: Clock) -> Reread:
+    """How entries too old to replay are settled: the verifier's fenced repair from the source."""
+    target = config.target(name)
+    spec = target_specs(config, [name])[0]
+    verifier = Verifier(source_client(config), target.source_table, [spec], clock)
+    max_age = config.tombstone_ttl_seconds if target.mode == "exact" else None
+    return Reread(lambda key: verifier.repair_key(spec, key), clock, max_age, config.precision)
+
+
 def run(args: argparse.Namespace) -> int:
+    clock = SystemClock()
     try:
         config = load(args.config)
         config.target(args.target)
-        engine = build_engine(config)
+        engine = build_engine(config, clock=clock)
+        reread = reread_for(config, args.target, clock)
     except (ReplicationError, ClientError, BotoCoreError, OSError) as exc:
         print(f"tablesync redrive: cannot run: {exc}", file=sys.stderr)
         return EXIT_ERROR
     try:
-        report = redrive(engine.pipeline, engine.dead_letters, args.target)
+        report = redrive(engine.pipeline, engine.dead_letters, args.target, reread=reread)
     finally:
         engine.close()
     if args.json:
         print(json.dumps(asdict(report), sort_keys=True))
     else:
         print(f"redrive {report.target}: read {report.read}, applied {report.applied}, "
-              f"stale {report.stale}, still failing {report.still_failing}, removed {report.removed}")
+              f"stale {report.stale}, re-read from the source {report.reread}, "
+              f"still failing {report.still_failing}, removed {report.removed}")
     return EXIT_OK if report.still_failing == 0 else EXIT_FAILING
 
 

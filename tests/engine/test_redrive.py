@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ from kcl_app.adapters.metrics import RecordingMetrics
 from kcl_app.commands import redrive as redrive_cmd
 from kcl_app.compose import build_engine
 from kcl_app.config import load
+from kcl_app.redrive import redrive
 from tests.support.source_sim import SourceSim
 from tests.support.tables import create_table, normalise_all, scan_all
 
@@ -41,8 +43,13 @@ retry_budget_seconds = 2
     return path
 
 
+def recent() -> int:
+    """Microseconds a minute ago: parked changes younger than the tombstone TTL are replayed."""
+    return int((time.time() - 60) * 1e6)
+
+
 def history() -> SourceSim:
-    sim = SourceSim("source")
+    sim = SourceSim("source", start_micros=recent())
     for i in range(30):
         sim.put({"pk": {"S": f"k{i}"}, "n": {"N": str(i)}, "b": {"B": bytes([i])}})
     for i in range(0, 30, 3):
@@ -111,3 +118,121 @@ def test_redrive_while_still_down_keeps_the_entries(clock: Any, tmp_path: Path, 
     report = json.loads(capsys.readouterr().out)
     assert report["read"] == 5 and report["still_failing"] == 5 and report["applied"] == 0
     assert engine.dead_letters.depth("down") == 5, "nothing lost: each entry is replaced by its re-parked copy"  # type: ignore[attr-defined]
+
+
+def redrive_args(config_path: Path) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    redrive_cmd.add_parser(parser.add_subparsers())
+    return parser.parse_args(["redrive", "--config", str(config_path), "--target", "down", "--json"])
+
+
+class Outage:
+    """Target `down` misses three changes (parked); it returns; later changes of the same keys are
+    applied: k1 is deleted, k2 updated, k3 untouched. The source table holds the current state."""
+
+    def __init__(self, tmp_path: Path, clock: Any, mode: str, parked_at_micros: int) -> None:
+        path = tmp_path / "targets.toml"
+        path.write_text(f"""
+[source]
+region = "us-east-1"
+
+[dead_letter]
+kind = "dir"
+path = "{tmp_path / 'dead-letters'}"
+
+[[targets]]
+name = "down"
+source_table = "source"
+table = "copy-down"
+region = "ap-southeast-2"
+mode = "{mode}"
+retry_budget_seconds = 2
+""")
+        self.config_path = path
+        self.config = load(path)
+        self.source = boto3.client("dynamodb", region_name="us-east-1")
+        self.target = boto3.client("dynamodb", region_name="ap-southeast-2")
+        create_table(self.source, "source")
+        self.engine = build_engine(self.config, clock=clock, metrics=RecordingMetrics())
+        sim = SourceSim("source", start_micros=parked_at_micros)
+        missed = [sim.put({"pk": {"S": f"k{i}"}, "v": {"S": "first"}}) for i in (1, 2, 3)]
+        assert self.engine.pipeline.process(sim.raw_records()).complete  # no target table: all parked
+        assert self.depth() == 3
+        create_table(self.target, "copy-down")  # the target returns
+        sim.clock = recent()
+        sim.delete({"pk": {"S": "k1"}})
+        sim.put({"pk": {"S": "k2"}, "v": {"S": "second"}})
+        later = sim.raw_records()[len(missed):]
+        assert self.engine.pipeline.process(later).complete
+        for item in sim.items.values():
+            self.source.put_item(TableName="source", Item=item)
+        self.expected = normalise_all(sim.items)
+        assert "k1" not in str(self.expected) and len(self.expected) == 2
+
+    def depth(self) -> int:
+        return int(self.engine.dead_letters.depth("down"))  # type: ignore[attr-defined]
+
+    def expire_tombstones(self) -> None:
+        """What DynamoDB's TTL does to the ledger once the tombstone TTL has passed."""
+        ledger = self.config.target("down").ledger
+        for row in self.target.scan(TableName=ledger, ConsistentRead=True)["Items"]:
+            if row.get("d") == {"BOOL": True}:
+                self.target.delete_item(TableName=ledger, Key={"k": row["k"]})
+
+    def copy(self) -> Any:
+        return normalise_all(scan_all(self.target, "copy-down", drop=("_tablesync_version",)))
+
+
+@pytest.mark.usefixtures("moto")
+def test_replaying_a_change_older_than_its_tombstone_would_resurrect_a_deleted_item(
+        clock: Any, tmp_path: Path) -> None:
+    """Why redrive re-reads old entries: the plain replay, once the tombstone has expired, is wrong."""
+    outage = Outage(tmp_path, clock, "exact", recent() - 3 * 86400 * 10**6)
+    outage.expire_tombstones()
+    redrive(outage.engine.pipeline, outage.engine.dead_letters, "down")  # replay, no re-read
+    assert "k1" in str(outage.copy()), "the deleted item came back"
+
+
+@pytest.mark.usefixtures("moto")
+def test_an_entry_older_than_the_tombstone_ttl_is_settled_from_the_source(
+        clock: Any, tmp_path: Path, capsys: Any) -> None:
+    three_days_ago = recent() - 3 * 86400 * 10**6  # the default tombstone TTL is 24 + 24 hours
+    outage = Outage(tmp_path, clock, "exact", three_days_ago)
+    outage.expire_tombstones()
+
+    assert redrive_cmd.run(redrive_args(outage.config_path)) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report == {**report, "read": 3, "reread": 3, "applied": 0, "still_failing": 0, "removed": 3}
+    assert outage.copy() == outage.expected, "k1 stays deleted, k2 keeps its newer value, k3 arrives"
+    assert outage.depth() == 0
+
+
+@pytest.mark.usefixtures("moto")
+def test_an_entry_younger_than_the_tombstone_ttl_is_replayed(clock: Any, tmp_path: Path, capsys: Any) -> None:
+    outage = Outage(tmp_path, clock, "exact", recent() - 3600 * 10**6)  # an hour ago; tombstones kept
+    assert redrive_cmd.run(redrive_args(outage.config_path)) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report == {**report, "read": 3, "reread": 0, "applied": 1, "stale": 2, "still_failing": 0}
+    assert outage.copy() == outage.expected
+
+
+@pytest.mark.usefixtures("moto")
+def test_every_entry_of_an_inline_target_is_settled_from_the_source(
+        clock: Any, tmp_path: Path, capsys: Any) -> None:
+    """inline mode keeps no tombstones: even a recent replayed put would re-create a deleted item."""
+    outage = Outage(tmp_path, clock, "inline", recent() - 3600 * 10**6)
+    assert redrive_cmd.run(redrive_args(outage.config_path)) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report == {**report, "read": 3, "reread": 3, "applied": 0, "still_failing": 0}
+    assert outage.copy() == outage.expected
+
+
+@pytest.mark.usefixtures("moto")
+def test_a_re_read_that_cannot_reach_the_source_keeps_the_entry(
+        clock: Any, tmp_path: Path, capsys: Any) -> None:
+    outage = Outage(tmp_path, clock, "exact", recent() - 3 * 86400 * 10**6)
+    outage.source.delete_table(TableName="source")
+    assert redrive_cmd.run(redrive_args(outage.config_path)) == 1
+    report = json.loads(capsys.readouterr().out)
+    assert report == {**report, "read": 3, "reread": 0, "still_failing": 3, "removed": 0}
+    assert outage.depth() == 3, "nothing is lost"
