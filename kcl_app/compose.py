@@ -17,7 +17,7 @@ from botocore.config import Config as BotoConfig
 from botocore.credentials import AssumeRoleCredentialFetcher, DeferredRefreshableCredentials
 
 from kcl_app.adapters.clock import SystemClock
-from kcl_app.adapters.dead_letters import DirectoryDeadLetters, RoutedDeadLetters, SqsDeadLetters
+from kcl_app.adapters.dead_letters import DirectoryDeadLetters, RoutedDeadLetters, S3Payloads, SqsDeadLetters
 from kcl_app.adapters.inline_writer import InlineWriter
 from kcl_app.adapters.ledger_writer import LedgerWriter, ensure_ledger
 from kcl_app.adapters.metrics import EmfMetrics
@@ -117,9 +117,15 @@ def make_dead_letters(config: Config, base_dir: str | None = None) -> DeadLetter
                     root = os.path.join(base_dir, root)
                 built[settings] = DirectoryDeadLetters(root)
             else:
-                client = boto3.client("sqs", region_name=settings.region or target.region,
-                                      endpoint_url=settings.endpoint_url, config=boto_config())
-                built[settings] = SqsDeadLetters(client, {}, default_url=settings.queue_url)
+                region = settings.region or target.region
+                client = boto3.client("sqs", region_name=region, endpoint_url=settings.endpoint_url,
+                                      config=boto_config())
+                payloads = None
+                if settings.payload_bucket:
+                    s3 = boto3.client("s3", region_name=region, endpoint_url=settings.endpoint_url,
+                                      config=boto_config())
+                    payloads = S3Payloads(s3, settings.payload_bucket, settings.payload_prefix)
+                built[settings] = SqsDeadLetters(client, {}, default_url=settings.queue_url, payloads=payloads)
         return built[settings]
 
     routes = {t.name: sink_for(t) for t in config.targets}

@@ -39,6 +39,8 @@ class DeadLetterConfig:
     queue_url: str | None = None
     region: str | None = None
     endpoint_url: str | None = None
+    payload_bucket: str | None = None
+    payload_prefix: str = "tablesync/dead-letters/"
 
 
 @dataclass(frozen=True)
@@ -256,6 +258,9 @@ def _target(r: _Reader, raw: Mapping[str, Any], where: str, dlq: Mapping[str, An
     queue_url = r.get(dlq, "queue_url", str, f"{where}dead_letter.", None)
     if kind == "sqs" and not queue_url:
         raise r.fail(f"{where}dead_letter.queue_url", "required when kind = 'sqs'")
+    payload_bucket = r.get(dlq, "payload_bucket", str, f"{where}dead_letter.", None)
+    if payload_bucket is not None and kind != "sqs":
+        raise r.fail(f"{where}dead_letter.payload_bucket", "only used when kind = 'sqs'")
     return TargetConfig(
         name=name,
         source_table=source_table,
@@ -280,6 +285,8 @@ def _target(r: _Reader, raw: Mapping[str, Any], where: str, dlq: Mapping[str, An
             queue_url=queue_url,
             region=r.get(dlq, "region", str, f"{where}dead_letter.", None),
             endpoint_url=r.get(dlq, "endpoint_url", str, f"{where}dead_letter.", None),
+            payload_bucket=payload_bucket,
+            payload_prefix=r.get(dlq, "payload_prefix", str, f"{where}dead_letter.", "tablesync/dead-letters/"),
         ),
     )
 

@@ -6,7 +6,8 @@ Two stores behind the DeadLetterSink port:
   `<root>/<store>/`, written to a temporary name, fsynced, then renamed, so an entry is either
   whole or absent after a crash.
 * `SqsDeadLetters` (AWS): one queue per store; SendMessageBatch, and a partial failure
-  (`Failed` in the answer) is a failure of the whole park.
+  (`Failed` in the answer) is a failure of the whole park. Entries too large for one message
+  are kept in S3 (`S3Payloads`) with a pointer in the message.
 """
 
 from __future__ import annotations
@@ -80,13 +81,61 @@ class DirectoryDeadLetters:
         return len(list(folder.glob("*.json"))) if folder.is_dir() else 0
 
 
-class SqsDeadLetters:
-    """One SQS queue per store (`queue_urls[store]`, or `default_url` for stores not listed)."""
+# SQS limits (https://docs.aws.amazon.com/AWSSimpleQueueService/latest/SQSDeveloperGuide/quotas-messages.html):
+# a message, body plus attributes, is at most 1 MiB, and so is the sum of a batch's messages.
+SQS_MAX_MESSAGE_BYTES = 1_048_576
+SQS_MAX_BATCH_BYTES = 1_048_576
+SQS_MAX_BATCH_ENTRIES = 10
 
-    def __init__(self, client: Any, queue_urls: Mapping[str, str], default_url: str | None = None) -> None:
+
+class S3Payloads:
+    """Where an SQS entry too large for one message keeps its body (the claim-check pattern): one
+    object per entry, the message holding only its bucket and key. Objects are deleted after their
+    message; an object left behind by a crash in between is harmless (a lifecycle rule expires it)."""
+
+    def __init__(self, client: Any, bucket: str, prefix: str = "tablesync/dead-letters/") -> None:
+        self.client = client
+        self.bucket = bucket
+        self.prefix = prefix
+
+    def put(self, store: str, body: str) -> dict[str, str]:
+        key = f"{self.prefix}{_safe(store)}/{uuid.uuid4().hex}.json"
+        self.client.put_object(Bucket=self.bucket, Key=key, Body=body.encode("utf-8"),
+                               ContentType="application/json")
+        return {"bucket": self.bucket, "key": key}
+
+    def get(self, pointer: Mapping[str, str]) -> Any:
+        answer = self.client.get_object(Bucket=pointer["bucket"], Key=pointer["key"])
+        return json.loads(answer["Body"].read())
+
+    def delete(self, pointers: Sequence[Mapping[str, str]]) -> None:
+        by_bucket: dict[str, list[str]] = {}
+        for pointer in pointers:
+            by_bucket.setdefault(pointer["bucket"], []).append(pointer["key"])
+        for bucket, keys in by_bucket.items():
+            for start in range(0, len(keys), 1000):
+                self.client.delete_objects(Bucket=bucket, Delete={
+                    "Objects": [{"Key": k} for k in keys[start:start + 1000]], "Quiet": True})
+
+
+class SqsDeadLetters:
+    """One SQS queue per store (`queue_urls[store]`, or `default_url` for stores not listed).
+
+    Batches are cut at 10 entries and at SQS's total size. An entry larger than one message (a
+    parked record can be close to 1 MB, and base64 makes it a third larger) is stored in S3
+    through `payloads` with a pointer in its message; with no `payloads`, parking it fails with
+    a message that names the setting, and the change stays unacknowledged: nothing is lost."""
+
+    def __init__(self, client: Any, queue_urls: Mapping[str, str], default_url: str | None = None, *,
+                 payloads: S3Payloads | None = None, max_message_bytes: int = SQS_MAX_MESSAGE_BYTES,
+                 max_batch_bytes: int = SQS_MAX_BATCH_BYTES) -> None:
         self.client = client
         self.queue_urls = dict(queue_urls)
         self.default_url = default_url
+        self.payloads = payloads
+        self.max_message_bytes = max_message_bytes
+        self.max_batch_bytes = max_batch_bytes
+        self._pointers: dict[str, dict[str, str]] = {}  # receipt handle -> S3 pointer, from read()
 
     def _url(self, store: str) -> str:
         url = self.queue_urls.get(store, self.default_url)
@@ -94,25 +143,55 @@ class SqsDeadLetters:
             raise ParkFailed(store, "no dead-letter queue configured for this store")
         return url
 
+    @staticmethod
+    def _size(store: str, body: str) -> int:
+        # SQS counts the body and each attribute's name, type and value
+        return len(body.encode("utf-8")) + len("store") + len("String") + len(store.encode("utf-8"))
+
+    def _message(self, store: str, entry: DeadLetter) -> tuple[str, int]:
+        doc = entry.to_json()
+        body = json.dumps(doc)
+        size = self._size(store, body)
+        if size <= self.max_message_bytes:
+            return body, size
+        if self.payloads is None:
+            raise ParkFailed(store, f"the entry takes {size} bytes, more than the {self.max_message_bytes} "
+                                    "of one SQS message; set dead_letter.payload_bucket so that large "
+                                    "entries are kept in S3")
+        try:
+            pointer = self.payloads.put(store, body)
+        except (ClientError, BotoCoreError) as exc:
+            raise ParkFailed(store, f"storing a large entry in S3: {type(exc).__name__}: {exc}") from exc
+        small = {k: v for k, v in doc.items() if k != "data"}
+        body = json.dumps({**small, "payload": pointer})
+        return body, self._size(store, body)
+
     def park(self, entries: Sequence[DeadLetter]) -> None:
         by_store: dict[str, list[DeadLetter]] = {}
         for entry in entries:
             by_store.setdefault(entry.store, []).append(entry)
         for store, items in by_store.items():
             url = self._url(store)
-            for start in range(0, len(items), 10):
-                chunk = items[start : start + 10]
-                batch = [
-                    {"Id": str(i), "MessageBody": json.dumps(e.to_json()),
-                     "MessageAttributes": {"store": {"DataType": "String", "StringValue": store}}}
-                    for i, e in enumerate(chunk)
-                ]
-                try:
-                    answer = self.client.send_message_batch(QueueUrl=url, Entries=batch)
-                except (ClientError, BotoCoreError) as exc:
-                    raise ParkFailed(store, f"{type(exc).__name__}: {exc}") from exc
-                if answer.get("Failed"):
-                    raise ParkFailed(store, f"SQS refused {len(answer['Failed'])} entries: {answer['Failed'][0]}")
+            batch: list[dict[str, Any]] = []
+            batch_bytes = 0
+            for entry in items:
+                body, size = self._message(store, entry)
+                if batch and (len(batch) == SQS_MAX_BATCH_ENTRIES or batch_bytes + size > self.max_batch_bytes):
+                    self._send(store, url, batch)
+                    batch, batch_bytes = [], 0
+                batch.append({"Id": str(len(batch)), "MessageBody": body,
+                              "MessageAttributes": {"store": {"DataType": "String", "StringValue": store}}})
+                batch_bytes += size
+            if batch:
+                self._send(store, url, batch)
+
+    def _send(self, store: str, url: str, batch: list[dict[str, Any]]) -> None:
+        try:
+            answer = self.client.send_message_batch(QueueUrl=url, Entries=batch)
+        except (ClientError, BotoCoreError) as exc:
+            raise ParkFailed(store, f"{type(exc).__name__}: {exc}") from exc
+        if answer.get("Failed"):
+            raise ParkFailed(store, f"SQS refused {len(answer['Failed'])} entries: {answer['Failed'][0]}")
 
     def read(self, store: str) -> Iterator[tuple[str, DeadLetter]]:
         url = self._url(store)
@@ -125,21 +204,33 @@ class SqsDeadLetters:
             if not messages:
                 return
             for message in messages:
-                entry = DeadLetter.from_json(json.loads(message["Body"]))
-                if entry.store == store:
-                    yield message["ReceiptHandle"], entry
-                else:  # another store's entry in a shared queue: give it back at once
-                    self.client.change_message_visibility(
-                        QueueUrl=url, ReceiptHandle=message["ReceiptHandle"], VisibilityTimeout=0
-                    )
+                handle = message["ReceiptHandle"]
+                doc = json.loads(message["Body"])
+                if doc.get("store") != store:  # another store's entry in a shared queue: give it back at once
+                    self.client.change_message_visibility(QueueUrl=url, ReceiptHandle=handle, VisibilityTimeout=0)
+                    continue
+                pointer = doc.get("payload")
+                if pointer is not None:
+                    if self.payloads is None:
+                        raise ParkFailed(store, f"entry {doc.get('key_id')} is kept in s3://{pointer['bucket']}/"
+                                                f"{pointer['key']}; set dead_letter.payload_bucket to read it")
+                    doc = self.payloads.get(pointer)
+                    self._pointers[handle] = pointer
+                yield handle, DeadLetter.from_json(doc)
 
     def remove(self, store: str, handles: Sequence[str]) -> None:
         url = self._url(store)
-        for start in range(0, len(handles), 10):
-            chunk = handles[start : start + 10]
-            self.client.delete_message_batch(
+        for start in range(0, len(handles), SQS_MAX_BATCH_ENTRIES):
+            chunk = handles[start : start + SQS_MAX_BATCH_ENTRIES]
+            answer = self.client.delete_message_batch(
                 QueueUrl=url, Entries=[{"Id": str(i), "ReceiptHandle": h} for i, h in enumerate(chunk)]
             )
+            # an object goes only once its message is gone; a message that stays (its deletion
+            # failed) reappears after the visibility timeout and still finds its payload
+            deleted = [chunk[int(ok["Id"])] for ok in answer.get("Successful", [])]
+            pointers = [self._pointers.pop(h) for h in deleted if h in self._pointers]
+            if pointers and self.payloads is not None:
+                self.payloads.delete(pointers)
 
     def depth(self, store: str) -> int:
         attrs = self.client.get_queue_attributes(

@@ -65,6 +65,9 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_ERROR
     try:
         report = redrive(engine.pipeline, engine.dead_letters, args.target, reread=reread)
+    except (ReplicationError, ClientError, BotoCoreError) as exc:  # the store itself failed: entries kept
+        print(f"tablesync redrive: stopped: {exc}", file=sys.stderr)
+        return EXIT_ERROR
     finally:
         engine.close()
     if args.json:

@@ -236,3 +236,44 @@ def test_a_re_read_that_cannot_reach_the_source_keeps_the_entry(
     report = json.loads(capsys.readouterr().out)
     assert report == {**report, "read": 3, "reread": 0, "still_failing": 3, "removed": 0}
     assert outage.depth() == 3, "nothing is lost"
+
+
+@pytest.mark.usefixtures("moto")
+def test_a_near_1_mb_change_parked_in_sqs_is_kept_in_s3_and_redriven(clock: Any, tmp_path: Path, capsys: Any) -> None:
+    """A MODIFY of a ~400 KB item carries both images: ~800 KB of record, over 1 MiB in base64."""
+    sqs = boto3.client("sqs", region_name="ap-southeast-2")
+    queue = sqs.create_queue(QueueName="tablesync-dead-letters")["QueueUrl"]
+    boto3.client("s3", region_name="ap-southeast-2").create_bucket(
+        Bucket="tablesync-dl-payloads", CreateBucketConfiguration={"LocationConstraint": "ap-southeast-2"})
+    path = tmp_path / "targets.toml"
+    path.write_text(f"""
+[[targets]]
+name = "down"
+source_table = "source"
+table = "copy-down"
+region = "ap-southeast-2"
+retry_budget_seconds = 2
+
+[targets.dead_letter]
+kind = "sqs"
+queue_url = "{queue}"
+payload_bucket = "tablesync-dl-payloads"
+""")
+    engine = build_engine(load(path), clock=clock, metrics=RecordingMetrics())
+    sim = SourceSim("source", start_micros=recent())
+    sim.put({"pk": {"S": "big"}, "body": {"S": "a" * 399_000}})
+    sim.put({"pk": {"S": "big"}, "body": {"S": "b" * 399_000}})
+    assert len(sim.records[-1]) > 790_000
+    assert engine.pipeline.process(sim.raw_records()).complete, "parked, so the shard moves on"
+    engine.close()
+    assert engine.dead_letters.depth("down") == 1, "the INSERT was coalesced into the MODIFY"  # type: ignore[attr-defined]
+    s3 = boto3.client("s3", region_name="ap-southeast-2")
+    assert s3.list_objects_v2(Bucket="tablesync-dl-payloads").get("KeyCount") == 1
+
+    down = boto3.client("dynamodb", region_name="ap-southeast-2")
+    create_table(down, "copy-down")
+    assert redrive_cmd.run(redrive_args(path)) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report == {**report, "read": 1, "applied": 1, "still_failing": 0, "removed": 1}
+    assert normalise_all(scan_all(down, "copy-down")) == normalise_all(sim.items)
+    assert s3.list_objects_v2(Bucket="tablesync-dl-payloads").get("KeyCount") == 0

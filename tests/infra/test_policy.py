@@ -84,6 +84,7 @@ def test_every_resource_is_this_apps_own() -> None:
     )
     assert by_sid["AssumeTargetAccountRoles"] == [EVERYTHING_ON["CrossAccountRoleArns"]]
     assert by_sid["DecryptStream"] == [EVERYTHING_ON["StreamKeyArn"]]
+    assert by_sid["DeadLetterPayloads"] == ["<DeadLetterPayloads.Arn>/tablesync/dead-letters/*"]
     assert by_sid["ReadOwnConfig"] == [
         "arn:aws:ssm:us-east-1:123456789012:parameter/tablesync/tablesync-orders/kcl.properties",
         "arn:aws:ssm:us-east-1:123456789012:parameter/tablesync/tablesync-orders/targets.toml",
@@ -98,6 +99,7 @@ def test_optional_permissions_vanish_when_their_parameter_is_empty() -> None:
         "KclMetadataTables",
         "KclLeaseTableIndex",
         "DeadLetterQueue",
+        "DeadLetterPayloads",
         "PutMetricDataHasNoResourceType",
         "ShipLogs",
         "ReadOwnConfig",

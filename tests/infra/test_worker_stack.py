@@ -75,6 +75,17 @@ def test_worker_stack_creates_a_least_privilege_worker(aws: boto3.Session, deplo
     attrs = aws.client("sqs").get_queue_attributes(QueueUrl=out["DeadLetterQueueUrl"], AttributeNames=["All"])
     assert attrs["Attributes"]["MessageRetentionPeriod"] == "1209600"
     assert out["DeadLetterQueueName"] == "tablesync-orders-dead-letters"
+    # ... and a bucket for entries too large for one message, reachable only under the store prefix.
+    s3 = aws.client("s3")
+    bucket = out["DeadLetterPayloadBucket"]
+    assert deployed["DeadLetterPayloads"]["Resource"] == f"arn:aws:s3:::{bucket}/tablesync/dead-letters/*"
+    s3.head_bucket(Bucket=bucket)
+    # moto's CloudFormation ignores LifecycleConfiguration and PublicAccessBlockConfiguration:
+    # checked on the rendered template
+    bucket_props = render("worker.yaml", params)["Resources"]["DeadLetterPayloads"]["Properties"]
+    assert all(bucket_props["PublicAccessBlockConfiguration"].values())
+    [rule] = bucket_props["LifecycleConfiguration"]["Rules"]
+    assert (rule["Status"], rule["Prefix"], rule["ExpirationInDays"]) == ("Enabled", "tablesync/dead-letters/", 15)
 
     # Instances: IMDSv2 only, no SSH key, the instance profile, the user data that runs the worker.
     data = _launch_data(aws, stack)

@@ -60,6 +60,7 @@ retry_budget_seconds = 5.5
 kind = "sqs"
 queue_url = "https://sqs.ap-southeast-2.amazonaws.com/123456789012/tablesync-staging"
 region = "ap-southeast-2"
+payload_bucket = "tablesync-staging-dead-letters"
 """
 
 
@@ -92,6 +93,8 @@ def test_a_full_file_is_read_completely(tmp_path) -> None:
     assert staging.ledger == "orders-staging.tablesync-ledger"
     assert staging.dead_letter.kind == "sqs" and staging.dead_letter.region == "ap-southeast-2"
     assert staging.dead_letter.queue_url.endswith("/tablesync-staging")
+    assert staging.dead_letter.payload_bucket == "tablesync-staging-dead-letters"
+    assert staging.dead_letter.payload_prefix == "tablesync/dead-letters/"
     assert cfg.target("staging") is staging
     rules = cfg.rules()
     assert [r.name for r in rules] == ["eu", "staging"]
@@ -149,6 +152,8 @@ BAD = [
     (MINIMAL_TARGET + "[targets.dead_letter]\nkind = 'sqs'\n",
      "targets[0].dead_letter.queue_url: required when kind = 'sqs'"),
     (MINIMAL_TARGET + "[targets.dead_letter]\nkind = 's3'\n", "targets[0].dead_letter.kind: must be one of dir, sqs"),
+    (MINIMAL_TARGET + "[targets.dead_letter]\npayload_bucket = 'b'\n",
+     "targets[0].dead_letter.payload_bucket: only used when kind = 'sqs'"),
     (MINIMAL_TARGET + "dead_letter = 'dir'\n", "targets[0].dead_letter: must be a table"),
     ("dead_letter = 'dir'\n" + MINIMAL_TARGET, "dead_letter: must be dict, got str"),
     (MINIMAL_TARGET + "transform = 'no_such_module_xyz:f'\n",

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 from typing import Any
 
 import boto3
 import pytest
 
-from kcl_app.adapters.dead_letters import DirectoryDeadLetters, SqsDeadLetters
+from kcl_app.adapters.dead_letters import SQS_MAX_MESSAGE_BYTES, DirectoryDeadLetters, S3Payloads, SqsDeadLetters
 from kcl_app.core.errors import ParkFailed
 from kcl_app.ports import DeadLetter
 
@@ -76,6 +77,66 @@ def test_sqs_store_round_trip_in_batches_of_ten(sqs) -> None:
     assert sink.depth("eu") == 0
     (only,) = [e for _, e in sink.read("_poison")]
     assert only.data == RAW + b"99"
+
+
+def test_sqs_batches_are_cut_at_the_total_size_sqs_accepts(sqs) -> None:
+    url = sqs.create_queue(QueueName="dl-eu")["QueueUrl"]
+    entries = [letter("eu", n, os.urandom(200_000)) for n in range(10)]  # ~267 KB each once in base64
+    whole = [{"Id": str(i), "MessageBody": json.dumps(e.to_json())} for i, e in enumerate(entries)]
+    with pytest.raises(sqs.exceptions.ClientError, match="BatchRequestTooLong"):
+        sqs.send_message_batch(QueueUrl=url, Entries=whole)  # what one batch of ten would meet
+
+    sink = SqsDeadLetters(sqs, {"eu": url})
+    sink.park(entries)
+    assert sorted((e for _, e in sink.read("eu")), key=lambda e: e.sequence_number) == entries
+
+
+@pytest.fixture
+def bucket(moto) -> Any:
+    s3 = boto3.client("s3", region_name="us-east-1")
+    s3.create_bucket(Bucket="dl-payloads")
+    return s3
+
+
+def objects(s3: Any) -> list[str]:
+    return [o["Key"] for o in s3.list_objects_v2(Bucket="dl-payloads").get("Contents", [])]
+
+
+def test_an_entry_larger_than_one_message_is_kept_in_s3_and_comes_back_whole(sqs, bucket) -> None:
+    url = sqs.create_queue(QueueName="dl-eu")["QueueUrl"]
+    sink = SqsDeadLetters(sqs, {"eu": url}, payloads=S3Payloads(bucket, "dl-payloads", "p/"))
+    big = letter("eu", 1, os.urandom(900_000))  # a parked record near 1 MB: 1.2 MB in base64
+    small = letter("eu", 2)
+    sink.park([big, small])
+
+    (key,) = objects(bucket)
+    assert key.startswith("p/eu/") and key.endswith(".json")
+    bodies = [m["Body"] for m in sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10,
+                                                       VisibilityTimeout=0)["Messages"]]
+    assert max(len(b) for b in bodies) < 2000, "the message holds a pointer, not the payload"
+    assert any(json.loads(b).get("payload") == {"bucket": "dl-payloads", "key": key} for b in bodies)
+
+    read = list(sink.read("eu"))
+    assert sorted((e for _, e in read), key=lambda e: e.sequence_number) == [big, small]
+    sink.remove("eu", [h for h, _ in read])
+    assert sink.depth("eu") == 0 and objects(bucket) == [], "the object goes with its message"
+
+
+def test_an_entry_larger_than_one_message_without_a_bucket_is_refused_clearly(sqs) -> None:
+    url = sqs.create_queue(QueueName="dl-eu")["QueueUrl"]
+    sink = SqsDeadLetters(sqs, {"eu": url})
+    with pytest.raises(ParkFailed, match="set dead_letter.payload_bucket") as caught:
+        sink.park([letter("eu", 1, os.urandom(SQS_MAX_MESSAGE_BYTES))])
+    assert caught.value.store == "eu" and sink.depth("eu") == 0
+
+
+def test_a_payload_that_cannot_be_stored_is_a_failed_park(sqs, moto) -> None:
+    url = sqs.create_queue(QueueName="dl-eu")["QueueUrl"]
+    s3 = boto3.client("s3", region_name="us-east-1")  # no such bucket
+    sink = SqsDeadLetters(sqs, {"eu": url}, payloads=S3Payloads(s3, "absent-bucket"))
+    with pytest.raises(ParkFailed, match="NoSuchBucket"):
+        sink.park([letter("eu", 1, os.urandom(SQS_MAX_MESSAGE_BYTES))])
+    assert sink.depth("eu") == 0
 
 
 def test_sqs_store_without_a_queue_refuses(sqs) -> None:
