@@ -19,6 +19,15 @@ from kcl_app.redrive import redrive
 from tests.support.source_sim import SourceSim
 from tests.support.tables import create_table, normalise_all, scan_all
 
+DOWN = """
+[[targets]]
+name = "down"
+source_table = "source"
+table = "copy-down"
+region = "ap-southeast-2"
+retry_budget_seconds = 2
+"""
+
 
 def write_config(tmp_path: Path) -> Path:
     path = tmp_path / "targets.toml"
@@ -32,14 +41,7 @@ name = "up"
 source_table = "source"
 table = "copy-up"
 region = "eu-west-1"
-
-[[targets]]
-name = "down"
-source_table = "source"
-table = "copy-down"
-region = "ap-southeast-2"
-retry_budget_seconds = 2
-""")
+{DOWN}""")
     return path
 
 
@@ -139,14 +141,7 @@ region = "us-east-1"
 [dead_letter]
 kind = "dir"
 path = "{tmp_path / 'dead-letters'}"
-
-[[targets]]
-name = "down"
-source_table = "source"
-table = "copy-down"
-region = "ap-southeast-2"
-mode = "{mode}"
-retry_budget_seconds = 2
+{DOWN}mode = "{mode}"
 """)
         self.config_path = path
         self.config = load(path)
@@ -246,14 +241,7 @@ def test_a_near_1_mb_change_parked_in_sqs_is_kept_in_s3_and_redriven(clock: Any,
     boto3.client("s3", region_name="ap-southeast-2").create_bucket(
         Bucket="tablesync-dl-payloads", CreateBucketConfiguration={"LocationConstraint": "ap-southeast-2"})
     path = tmp_path / "targets.toml"
-    path.write_text(f"""
-[[targets]]
-name = "down"
-source_table = "source"
-table = "copy-down"
-region = "ap-southeast-2"
-retry_budget_seconds = 2
-
+    path.write_text(f"""{DOWN}
 [targets.dead_letter]
 kind = "sqs"
 queue_url = "{queue}"
