@@ -23,80 +23,122 @@ from typing import Any
 AttributeValue = dict[str, Any]
 Item = dict[str, AttributeValue]
 
-_SCALAR = ("S", "N", "BOOL", "NULL")
 
 
-def _b64decode(text: Any, where: str) -> bytes:
+def _b64decode(text: Any) -> bytes:
     if not isinstance(text, str):
-        raise ValueError(f"{where}: binary value must be base64 text, got {type(text).__name__}")
+        raise _Malformed(f"binary value must be base64 text, got {type(text).__name__}")
     try:
         return base64.b64decode(text.encode("ascii"), validate=True)
-    except (binascii.Error, UnicodeEncodeError) as exc:
-        raise ValueError(f"{where}: invalid base64 binary value") from exc
+    except (binascii.Error, UnicodeEncodeError):
+        raise _Malformed("invalid base64 binary value") from None
 
 
-def value_from_wire(value: Any, where: str = "value") -> AttributeValue:
-    """Convert one wire-form attribute value to API form. Raises ValueError on anything malformed."""
+class _Malformed(ValueError):
+    """A malformed wire value. Its location is collected on the way up, so that a well-formed value
+    (the hot path: every attribute of every change) builds no location strings at all."""
+
+    def __init__(self, problem: str) -> None:
+        super().__init__(problem)
+        self.problem = problem
+        self.path: list[str] = []  # innermost first
+
+    def located(self, where: str) -> ValueError:
+        return ValueError(f"{where}{''.join(reversed(self.path))}: {self.problem}")
+
+
+def _from_wire(value: Any) -> AttributeValue:
+    """Wire form -> API form. Values that are the same in both forms (all but B, BS and the
+    containers holding them) are returned as they are, not copied: the parsed record owns them."""
     if not isinstance(value, dict) or len(value) != 1:
-        raise ValueError(f"{where}: an attribute value is an object with exactly one type key")
+        raise _Malformed("an attribute value is an object with exactly one type key")
     ((kind, inner),) = value.items()
     if kind == "S":
         if not isinstance(inner, str):
-            raise ValueError(f"{where}: S must be a string")
-        return {"S": inner}
+            raise _Malformed("S must be a string")
+        return value
     if kind == "N":
-        _check_number(inner, where)
-        return {"N": inner}
-    if kind == "B":
-        return {"B": _b64decode(inner, where)}
-    if kind == "BOOL":
-        if not isinstance(inner, bool):
-            raise ValueError(f"{where}: BOOL must be true or false")
-        return {"BOOL": inner}
-    if kind == "NULL":
-        if inner is not True:
-            raise ValueError(f"{where}: NULL must be true")
-        return {"NULL": True}
-    if kind == "SS":
-        if not isinstance(inner, list) or not all(isinstance(s, str) for s in inner):
-            raise ValueError(f"{where}: SS must be a list of strings")
-        return {"SS": list(inner)}
-    if kind == "NS":
-        if not isinstance(inner, list):
-            raise ValueError(f"{where}: NS must be a list of number strings")
-        for n in inner:
-            _check_number(n, where)
-        return {"NS": list(inner)}
-    if kind == "BS":
-        if not isinstance(inner, list):
-            raise ValueError(f"{where}: BS must be a list of base64 strings")
-        return {"BS": [_b64decode(b, where) for b in inner]}
+        _check_number(inner)
+        return value
     if kind == "M":
         if not isinstance(inner, dict):
-            raise ValueError(f"{where}: M must be an object")
-        return {"M": {k: value_from_wire(v, f"{where}.{k}") for k, v in inner.items()}}
+            raise _Malformed("M must be an object")
+        members: Item = {}
+        for name, member in inner.items():
+            try:
+                members[name] = _from_wire(member)
+            except _Malformed as bad:
+                bad.path.append(f".{name}")
+                raise
+        return {"M": members}
     if kind == "L":
         if not isinstance(inner, list):
-            raise ValueError(f"{where}: L must be a list")
-        return {"L": [value_from_wire(v, f"{where}[{i}]") for i, v in enumerate(inner)]}
-    raise ValueError(f"{where}: unknown attribute type {kind!r}")
+            raise _Malformed("L must be a list")
+        elements: list[AttributeValue] = []
+        for i, element in enumerate(inner):
+            try:
+                elements.append(_from_wire(element))
+            except _Malformed as bad:
+                bad.path.append(f"[{i}]")
+                raise
+        return {"L": elements}
+    if kind == "B":
+        return {"B": _b64decode(inner)}
+    if kind == "BOOL":
+        if not isinstance(inner, bool):
+            raise _Malformed("BOOL must be true or false")
+        return value
+    if kind == "NULL":
+        if inner is not True:
+            raise _Malformed("NULL must be true")
+        return value
+    if kind == "SS":
+        if not isinstance(inner, list) or not all(isinstance(s, str) for s in inner):
+            raise _Malformed("SS must be a list of strings")
+        return value
+    if kind == "NS":
+        if not isinstance(inner, list):
+            raise _Malformed("NS must be a list of number strings")
+        for n in inner:
+            _check_number(n)
+        return value
+    if kind == "BS":
+        if not isinstance(inner, list):
+            raise _Malformed("BS must be a list of base64 strings")
+        return {"BS": [_b64decode(b) for b in inner]}
+    raise _Malformed(f"unknown attribute type {kind!r}")
+
+
+def value_from_wire(value: Any, where: str = "value") -> AttributeValue:
+    """Convert one wire-form attribute value to API form. Raises ValueError on anything malformed,
+    naming where (`where` and the path inside the value)."""
+    try:
+        return _from_wire(value)
+    except _Malformed as bad:
+        raise bad.located(where) from None
 
 
 _NUMBER = re.compile(r"-?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
 
 
-def _check_number(text: Any, where: str) -> None:
+def _check_number(text: Any) -> None:
     if not isinstance(text, str) or not text:
-        raise ValueError(f"{where}: N must be a non-empty decimal string")
+        raise _Malformed("N must be a non-empty decimal string")
     if not _NUMBER.fullmatch(text):
-        raise ValueError(f"{where}: {text!r} is not a number")
+        raise _Malformed(f"{text!r} is not a number")
 
 
 def item_from_wire(image: Any, where: str = "image") -> Item:
     """Convert a wire-form image (attribute name -> value) to API form."""
     if not isinstance(image, dict):
         raise ValueError(f"{where}: an image must be an object")
-    return {name: value_from_wire(v, f"{where}.{name}") for name, v in image.items()}
+    out: Item = {}
+    for name, value in image.items():
+        try:
+            out[name] = _from_wire(value)
+        except _Malformed as bad:
+            raise bad.located(f"{where}.{name}") from None
+    return out
 
 
 def value_to_wire(value: AttributeValue) -> AttributeValue:
@@ -119,9 +161,18 @@ def item_to_wire(item: Mapping[str, AttributeValue]) -> Item:
     return {name: value_to_wire(v) for name, v in item.items()}
 
 
+_KEY_JSON = json.JSONEncoder(sort_keys=True, separators=(",", ":"))
+
+
 def key_id(key: Mapping[str, AttributeValue]) -> str:
-    """A canonical, deterministic string for a key in API form: the same key always gives the same id."""
-    return json.dumps(item_to_wire(key), sort_keys=True, separators=(",", ":"))
+    """A canonical, deterministic string for a key in API form: the same key always gives the same id.
+
+    It is the sorted, compact JSON of the key's wire form (ledger rows are keyed by it, so the
+    format never changes). S and N keys are the same in both forms and are encoded directly."""
+    for value in key.values():
+        if "S" not in value and "N" not in value:
+            return _KEY_JSON.encode(item_to_wire(key))
+    return _KEY_JSON.encode(key)
 
 
 def key_of(item: Mapping[str, AttributeValue], key_names: Iterable[str]) -> Item:

@@ -75,7 +75,7 @@ def _field(doc: dict[str, Any], name: str, kind: type, where: str = "") -> Any:
 def decode(raw: RawRecord, precision: Precision = "auto") -> Change:
     """Decode one destination record. Raises PoisonRecord (with the reason) on any defect."""
     try:
-        doc = json.loads(raw.data)
+        doc = json.loads(raw.data.decode("utf-8"))  # the destination writes UTF-8 JSON
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise PoisonRecord(f"not JSON: {exc}") from exc
     except RecursionError as exc:  # nesting deeper than any DynamoDB item can be (32 levels)
