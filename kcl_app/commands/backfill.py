@@ -27,6 +27,7 @@ from kcl_app.adapters.clock import SystemClock
 from kcl_app.adapters.ledger_writer import ensure_ledger
 from kcl_app.adapters.retry import error_code
 from kcl_app.backfill import BackfillState, Progress, TargetSpec, backfill
+from kcl_app.commands import described
 from kcl_app.compose import boto_config, dynamodb_client
 from kcl_app.config import Config, load
 from kcl_app.core.errors import ReplicationError
@@ -45,7 +46,7 @@ class StreamNotReady(ReplicationError):
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser: argparse.ArgumentParser = subparsers.add_parser(
         "backfill", help="copy a source table into its targets while the stream replicates",
-        description=__doc__.split("\n")[0])
+        **described(__doc__))
     parser.add_argument("--config", required=True, help="targets.toml")
     parser.add_argument("--source-table", required=True, help="the source table to scan")
     parser.add_argument("--target", action="append", default=None, help="target name (repeat; default all)")

@@ -1,6 +1,6 @@
 """``tablesync local up | down | info``: the embedded AWS emulator on 127.0.0.1.
 
-``up`` starts one emulator process (moto: Kinesis, DynamoDB + Streams, STS, SQS, IAM,
+``up`` starts one emulator process (moto: Kinesis, DynamoDB + Streams, STS, SQS, S3, IAM,
 CloudFormation; HTTP/1.1 and h2c on one port; the Kinesis streaming destination emulated),
 returns once it answers and prints eval-able ``export AWS_...`` lines. It writes
 ``stack.json`` (pid, port, endpoint, log) and ``stack.log`` into the state directory:
@@ -21,6 +21,7 @@ import sys
 import time
 from typing import Any
 
+from kcl_app.commands import described
 from kcl_app.local import stack
 
 
@@ -28,7 +29,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register ``local`` with its sub-commands on an argparse subparsers object."""
     parser: argparse.ArgumentParser = subparsers.add_parser(
         "local", help="run the embedded AWS emulator (moto over HTTP/1.1 + h2c)",
-        description=__doc__.split("\n")[0])
+        **described(__doc__))
     sub = parser.add_subparsers(dest="local_command", required=True)
     up = sub.add_parser("up", help="start the emulator and print export lines")
     up.add_argument("--port", type=int, default=stack.DEFAULT_PORT)

@@ -24,6 +24,7 @@ from typing import Any
 from botocore.exceptions import BotoCoreError, ClientError
 
 from kcl_app.adapters.clock import SystemClock
+from kcl_app.commands import described
 from kcl_app.commands.backfill import source_client, target_specs
 from kcl_app.compose import build_engine
 from kcl_app.config import Config, load
@@ -37,7 +38,7 @@ EXIT_OK, EXIT_FAILING, EXIT_ERROR = 0, 1, 2
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser: argparse.ArgumentParser = subparsers.add_parser(
-        "redrive", help="re-apply a target's parked changes", description=__doc__.split("\n")[0])
+        "redrive", help="re-apply a target's parked changes", **described(__doc__))
     parser.add_argument("--config", required=True, help="targets.toml")
     parser.add_argument("--target", required=True, help="the target whose dead letters to redrive")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")

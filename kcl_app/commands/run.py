@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from kcl_app import daemon
+from kcl_app.commands import described
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +48,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register ``run`` on an argparse subparsers object (``func`` default set to :func:`run`)."""
     parser: argparse.ArgumentParser = subparsers.add_parser(
         "run", help="run the KCL daemon with the tablesync record processor",
-        description="Run the KCL MultiLangDaemon with the tablesync record processor.")
+        **described(__doc__))
     parser.add_argument("--properties", required=True, type=Path, help="KCL properties template")
     parser.add_argument("--config", required=True, type=Path, help="targets file given to the processor")
     parser.add_argument("--stream", help="Kinesis stream name (streamName; replaces streamArn)")

@@ -2,6 +2,11 @@
 
 Per shard: owner, checkpoint, lease counter, parent shards, and how far behind the tip it is
 (MillisBehindLatest from one GetRecords after the checkpoint, when the stream is given).
+A human table by default, `--json` for machines. The KCL's checkpoint values: a sequence number,
+or TRIM_HORIZON / LATEST (not processed yet), or SHARD_END (a closed shard, fully processed).
+
+Exit codes: 0 the leases were read; 1 no lease table of that name (the application never started
+a worker in that region).
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from typing import Any
 
 import boto3
 
+from kcl_app.commands import described
 from kcl_app.compose import boto_config
 
 SENTINELS = {"TRIM_HORIZON", "LATEST", "SHARD_END", "AT_TIMESTAMP"}
@@ -22,7 +28,7 @@ SENTINELS = {"TRIM_HORIZON", "LATEST", "SHARD_END", "AT_TIMESTAMP"}
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "status", help="show the KCL leases: owner, checkpoint and lag per shard",
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+        **described(__doc__),
     )
     p.add_argument("--app", required=True, help="KCL application name (the lease table's name, unless --lease-table)")
     p.add_argument("--lease-table", help="lease table name if it differs from --app")

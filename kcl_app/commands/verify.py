@@ -3,6 +3,15 @@
     tablesync verify --config targets.toml [--target NAME ...] [--segments N] [--sample RATE]
         [--seed S] [--repair] [--json]
 
+Both directions, in parallel scan segments with consistent reads: every source item is looked up
+in each target (BatchGetItem), and every target item in the source, so that extra items are found.
+Each target is compared with what it must hold: its projection and transform applied, the inline
+version attribute ignored. A mismatch is re-read on both sides before it counts, so a write in
+flight is not a divergence. Reported per target: missing, extra and different items (which
+attributes, and how). `--repair` makes each divergent key hold the source's current item through
+the fenced path: a change that lands in between wins (counted `superseded`). `--sample RATE`
+checks a random fraction of the keys, for cheap continuous checks.
+
 Exit codes: 0 every target matches (or every divergence was repaired); 1 divergences remain;
 2 the verification could not run (configuration, access, a table missing).
 """
@@ -17,6 +26,7 @@ from typing import Any
 from botocore.exceptions import BotoCoreError, ClientError
 
 from kcl_app.adapters.clock import SystemClock
+from kcl_app.commands import described
 from kcl_app.commands.backfill import source_client, target_specs
 from kcl_app.config import load
 from kcl_app.core.errors import ReplicationError
@@ -28,7 +38,8 @@ SHOWN = 20
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser: argparse.ArgumentParser = subparsers.add_parser(
-        "verify", help="compare the source with every target (and repair)", description=__doc__.split("\n")[0])
+        "verify", help="compare the source with every target (and repair)",
+        **described(__doc__))
     parser.add_argument("--config", required=True, help="targets.toml")
     parser.add_argument("--target", action="append", default=None, help="target name (repeat; default all)")
     parser.add_argument("--segments", type=int, default=4, help="parallel scan segments (default 4)")
