@@ -18,6 +18,7 @@ import binascii
 import json
 import re
 from collections.abc import Iterable, Mapping
+from json.encoder import encode_basestring_ascii as _quote
 from typing import Any
 
 AttributeValue = dict[str, Any]
@@ -167,12 +168,19 @@ _KEY_JSON = json.JSONEncoder(sort_keys=True, separators=(",", ":"))
 def key_id(key: Mapping[str, AttributeValue]) -> str:
     """A canonical, deterministic string for a key in API form: the same key always gives the same id.
 
-    It is the sorted, compact JSON of the key's wire form (ledger rows are keyed by it, so the
-    format never changes). S and N keys are the same in both forms and are encoded directly."""
-    for value in key.values():
-        if "S" not in value and "N" not in value:
+    It is the sorted, compact, ASCII JSON of the key's wire form; ledger rows are keyed by it, so
+    the format never changes. S and N keys (the same in both forms) are written out directly: the
+    same text as the JSON encoder's, at a fraction of its cost, once per change."""
+    parts = []
+    for name in sorted(key):
+        value = key[name]
+        if "S" in value:
+            parts.append(f'{_quote(name)}:{{"S":{_quote(value["S"])}}}')
+        elif "N" in value:
+            parts.append(f'{_quote(name)}:{{"N":{_quote(value["N"])}}}')
+        else:
             return _KEY_JSON.encode(item_to_wire(key))
-    return _KEY_JSON.encode(key)
+    return "{" + ",".join(parts) + "}"
 
 
 def key_of(item: Mapping[str, AttributeValue], key_names: Iterable[str]) -> Item:

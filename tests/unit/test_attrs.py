@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 
 import pytest
 from hypothesis import given, settings
@@ -130,6 +131,20 @@ def test_key_id_is_canonical_and_distinguishes_types() -> None:
     assert key_id(a) == key_id(b)
     assert key_id({"pk": {"S": "1"}}) != key_id({"pk": {"N": "1"}})
     assert key_id({"pk": {"B": b"\x01"}}) == key_id({"pk": {"B": bytearray(b"\x01")}})
+
+
+key_values = st.one_of(
+    st.builds(lambda t: {"S": t}, st.text(max_size=8)),
+    st.builds(lambda n: {"N": str(n)}, st.integers()),
+    st.builds(lambda b: {"B": b}, st.binary(max_size=8)),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(st.text(min_size=1, max_size=4), key_values, min_size=1, max_size=2))
+def test_key_id_is_the_sorted_compact_json_of_the_wire_form(key) -> None:
+    """The id format is stored in every ledger row: the fast path must write exactly this text."""
+    assert key_id(key) == json.dumps(item_to_wire(key), sort_keys=True, separators=(",", ":"))
 
 
 def test_key_of_names_the_missing_attribute() -> None:
