@@ -6,6 +6,8 @@ and reported as medians (RSS: the largest). The runs:
 * tablesync -> 1 and 3 targets on the local stack (a moto emulator process started here, or --endpoint);
 * tablesync -> 1 and 3 null targets (bench/null_target.py: answers every call with HTTP 200 ``{}``, stores
   nothing): the record processor's own capacity, with the emulator's cost per request taken out;
+* tablesync -> 1 stubbed target (its TransactWriteItems answers at once, without botocore): the cost
+  of tablesync's own code (decode, route, plan, coalesce, transaction building), alone;
 * the classic Lambda copier (one put_item/delete_item per record, sequential) on the first
   --copier-changes changes only: at 30 ms per call it does ~30 changes/s.
 
@@ -51,8 +53,9 @@ def make_table(client: Any, name: str) -> None:
 
 
 def run_tablesync(endpoint: str, records: list[Any], targets: int, rtt: float, batch: int, run_id: str,
-                  storage: bool, concurrency: int) -> dict[str, Any]:
-    """Apply `records` in KCL-sized batches to `targets` targets; `storage` False: a null endpoint."""
+                  storage: bool, concurrency: int, stub: bool = False) -> dict[str, Any]:
+    """Apply `records` in KCL-sized batches to `targets` targets; `storage` False: a null endpoint;
+    `stub`: no call leaves the process (TransactWriteItems answers {} at once)."""
     import boto3
 
     from kcl_app.adapters.clock import SystemClock
@@ -70,6 +73,8 @@ def run_tablesync(endpoint: str, records: list[Any], targets: int, rtt: float, b
         if storage:
             make_table(client, table)
         add_round_trip(client, rtt)
+        if stub:
+            client.transact_write_items = lambda **_kwargs: {}
         clients[name] = client
         specs.append({"name": name, "source_table": "bench-source", "region": REGIONS[i], "table": table,
                       "endpoint_url": endpoint, "max_concurrency": concurrency,
@@ -120,7 +125,8 @@ def child(args: argparse.Namespace) -> int:
         out = run_copier(args.endpoint, records[: args.copier_changes], rtt, run_id)
     else:
         out = run_tablesync(args.endpoint, records, args.targets, rtt, args.batch, run_id,
-                            storage=args.child == "tablesync", concurrency=args.concurrency)
+                            storage=args.child == "tablesync", concurrency=args.concurrency,
+                            stub=args.child == "stub")
     out["rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps(out), flush=True)
     return 0
@@ -206,7 +212,8 @@ def report(args: argparse.Namespace, rows: list[tuple[str, dict[str, Any]]], wor
     print(head)
     print(units)
     for label, s in rows:
-        server = "-" if s["server_us"] is None or label.startswith("tablesync -> null") else f"{s['server_us']:,.0f}"
+        no_emulator = s["server_us"] is None or "null" in label or "stubbed" in label
+        server = "-" if no_emulator else f"{s['server_us']:,.0f}"
         ratio = f"{s['rate'] / copier['rate']:,.0f}x" if s is not copier else "1x"
         writes = s["writes"] / max(1, s["changes"] * s["targets"])
         print(f"{label:<58}{s['rate']:>11,.0f}{writes:>15.2f}{s['cpu_us']:>12,.0f}{server:>14}"
@@ -215,6 +222,8 @@ def report(args: argparse.Namespace, rows: list[tuple[str, dict[str, Any]]], wor
     print("target writes per change < 1: changes to one key within a batch are coalesced to the newest.")
     print("null target: tablesync -> null target (answers every call after the round trip, no storage); it "
           "isolates the processor's own capacity and is not a substitute for the emulator rows.")
+    print("stubbed target: the same with TransactWriteItems answering at once; its client CPU is tablesync's own "
+          "code, the difference to the null-target row is botocore and HTTP.")
 
 
 def parent(args: argparse.Namespace) -> int:
@@ -252,11 +261,12 @@ def _all_runs(args: argparse.Namespace, endpoint: str, pid: int | None,
     if null_endpoint:
         plan += [(f"tablesync -> {n} null target{'s' if n > 1 else ''} (no storage)", "null", n, null_endpoint)
                  for n in TARGET_COUNTS]
+        plan.append(("tablesync -> 1 stubbed target (no AWS call)", "stub", 1, null_endpoint))
     plan.append((f"classic Lambda copier -> 1 target (first {args.copier_changes:,})", "copier", 1, endpoint))
     runs: dict[tuple[str, str, int], list[dict[str, Any]]] = {(label, kind, n): [] for label, kind, n, _ in plan}
     for repeat in range(args.repeat):  # interleaved, so that a slow moment of the machine hits every row alike
         for label, kind, n, where in plan:
-            result = measure(kind, n, where, args, pid if kind != "null" else None)
+            result = measure(kind, n, where, args, pid if kind in ("tablesync", "copier") else None)
             runs[(label, kind, n)].append(result)
             print(f"run {repeat + 1}/{args.repeat} {label}: {result['changes'] / result['wall_s']:,.0f} changes/s",
                   file=sys.stderr, flush=True)
@@ -275,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--endpoint", help="use a running local stack instead of starting one")
     ap.add_argument("--no-null", action="store_true", help="skip the null-target rows")
-    ap.add_argument("--child", choices=["tablesync", "null", "copier"], help=argparse.SUPPRESS)
+    ap.add_argument("--child", choices=["tablesync", "null", "stub", "copier"], help=argparse.SUPPRESS)
     ap.add_argument("--targets", type=int, default=1, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     return child(args) if args.child else parent(args)
