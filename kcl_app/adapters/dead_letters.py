@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -86,6 +87,9 @@ class DirectoryDeadLetters:
 SQS_MAX_MESSAGE_BYTES = 1_048_576
 SQS_MAX_BATCH_BYTES = 1_048_576
 SQS_MAX_BATCH_ENTRIES = 10
+# A read skips entries sent this long after it began (by a live worker parking meanwhile), so that a
+# target still failing cannot keep a redrive going forever; the margin covers clock skew.
+LATE_PARK_MS = 300_000
 
 
 class S3Payloads:
@@ -136,6 +140,7 @@ class SqsDeadLetters:
         self.max_message_bytes = max_message_bytes
         self.max_batch_bytes = max_batch_bytes
         self._pointers: dict[str, dict[str, str]] = {}  # receipt handle -> S3 pointer, from read()
+        self._reading: dict[str, set[str]] = {}  # store being read -> ids of messages parked meanwhile
 
     def _url(self, store: str) -> str:
         url = self.queue_urls.get(store, self.default_url)
@@ -192,31 +197,55 @@ class SqsDeadLetters:
             raise ParkFailed(store, f"{type(exc).__name__}: {exc}") from exc
         if answer.get("Failed"):
             raise ParkFailed(store, f"SQS refused {len(answer['Failed'])} entries: {answer['Failed'][0]}")
+        if store in self._reading:
+            self._reading[store].update(ok.get("MessageId", "") for ok in answer.get("Successful", []))
 
     def read(self, store: str) -> Iterator[tuple[str, DeadLetter]]:
+        """This store's entries, once each, until the queue has no visible message left.
+
+        Messages this read does not take stay invisible until it ends, then are released at once:
+        another store's entries (one queue may serve every target), entries this sink parks while
+        the read runs (a redrive re-parking what still fails), and entries sent well after the read
+        began. Given back at once, they would be received again and again: the read would never
+        see an empty queue."""
         url = self._url(store)
-        while True:
-            answer = self.client.receive_message(
-                QueueUrl=url, MaxNumberOfMessages=10, WaitTimeSeconds=0, VisibilityTimeout=300,
-                MessageAttributeNames=["All"],
-            )
-            messages = answer.get("Messages", [])
-            if not messages:
-                return
-            for message in messages:
-                handle = message["ReceiptHandle"]
-                doc = json.loads(message["Body"])
-                if doc.get("store") != store:  # another store's entry in a shared queue: give it back at once
-                    self.client.change_message_visibility(QueueUrl=url, ReceiptHandle=handle, VisibilityTimeout=0)
-                    continue
-                pointer = doc.get("payload")
-                if pointer is not None:
-                    if self.payloads is None:
-                        raise ParkFailed(store, f"entry {doc.get('key_id')} is kept in s3://{pointer['bucket']}/"
-                                                f"{pointer['key']}; set dead_letter.payload_bucket to read it")
-                    doc = self.payloads.get(pointer)
-                    self._pointers[handle] = pointer
-                yield handle, DeadLetter.from_json(doc)
+        started_ms = time.time() * 1000
+        held: list[str] = []
+        self._reading[store] = set()
+        try:
+            while True:
+                answer = self.client.receive_message(
+                    QueueUrl=url, MaxNumberOfMessages=10, WaitTimeSeconds=0, VisibilityTimeout=300,
+                    MessageAttributeNames=["All"], AttributeNames=["SentTimestamp"],
+                )
+                messages = answer.get("Messages", [])
+                if not messages:
+                    return
+                for message in messages:
+                    handle = message["ReceiptHandle"]
+                    doc = json.loads(message["Body"])
+                    sent_ms = float(message.get("Attributes", {}).get("SentTimestamp", 0))
+                    if (doc.get("store") != store or message.get("MessageId") in self._reading[store]
+                            or sent_ms > started_ms + LATE_PARK_MS):
+                        held.append(handle)
+                        continue
+                    pointer = doc.get("payload")
+                    if pointer is not None:
+                        if self.payloads is None:
+                            raise ParkFailed(store, f"entry {doc.get('key_id')} is kept in s3://{pointer['bucket']}/"
+                                                    f"{pointer['key']}; set dead_letter.payload_bucket to read it")
+                        doc = self.payloads.get(pointer)
+                        self._pointers[handle] = pointer
+                    yield handle, DeadLetter.from_json(doc)
+        finally:
+            del self._reading[store]
+            self._release(url, held)
+
+    def _release(self, url: str, handles: Sequence[str]) -> None:
+        for start in range(0, len(handles), SQS_MAX_BATCH_ENTRIES):
+            chunk = handles[start : start + SQS_MAX_BATCH_ENTRIES]
+            self.client.change_message_visibility_batch(QueueUrl=url, Entries=[
+                {"Id": str(i), "ReceiptHandle": h, "VisibilityTimeout": 0} for i, h in enumerate(chunk)])
 
     def remove(self, store: str, handles: Sequence[str]) -> None:
         url = self._url(store)

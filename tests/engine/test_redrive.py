@@ -265,3 +265,34 @@ payload_bucket = "tablesync-dl-payloads"
     assert report == {**report, "read": 1, "applied": 1, "still_failing": 0, "removed": 1}
     assert normalise_all(scan_all(down, "copy-down")) == normalise_all(sim.items)
     assert s3.list_objects_v2(Bucket="tablesync-dl-payloads").get("KeyCount") == 0
+
+
+@pytest.mark.usefixtures("moto")
+def test_redrive_from_the_one_queue_of_every_target_while_still_down(clock: Any, tmp_path: Path, capsys: Any) -> None:
+    """The worker stack's layout: both targets park into one queue. Redriving one, still down, ends
+    (its re-parked entries wait for the next run) and leaves the other target's entries alone."""
+    queue = boto3.client("sqs", region_name="us-east-1").create_queue(QueueName="tablesync-dl")["QueueUrl"]
+    path = tmp_path / "targets.toml"
+    path.write_text(f"""
+[dead_letter]
+kind = "sqs"
+queue_url = "{queue}"
+region = "us-east-1"
+{DOWN}
+[[targets]]
+name = "also-down"
+source_table = "source"
+table = "copy-also-down"
+region = "eu-west-1"
+retry_budget_seconds = 2
+""")
+    engine = build_engine(load(path), clock=clock, metrics=RecordingMetrics())
+    assert engine.pipeline.process(history().raw_records()[:5]).complete  # no target table: all parked
+    engine.close()
+    depth = engine.dead_letters.depth("down")  # type: ignore[attr-defined]
+    assert depth == 10, "5 entries for each target, in one queue"
+
+    assert redrive_cmd.run(redrive_args(path)) == 1
+    report = json.loads(capsys.readouterr().out)
+    assert report == {**report, "read": 5, "still_failing": 5, "applied": 0}
+    assert engine.dead_letters.depth("down") == 10, "each entry replaced by its re-parked copy; none lost"  # type: ignore[attr-defined]

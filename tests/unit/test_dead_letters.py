@@ -139,6 +139,51 @@ def test_a_payload_that_cannot_be_stored_is_a_failed_park(sqs, moto) -> None:
     assert sink.depth("eu") == 0
 
 
+class BoundedSqs:
+    """An SQS client that fails the test instead of looping: at most `limit` ReceiveMessage calls."""
+
+    def __init__(self, inner: Any, limit: int = 50) -> None:
+        self.inner = inner
+        self.calls = 0
+        self.limit = limit
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def receive_message(self, **kwargs: Any) -> Any:
+        self.calls += 1
+        assert self.calls <= self.limit, "the read never ends"
+        return self.inner.receive_message(**kwargs)
+
+
+def test_one_queue_shared_by_every_target_reads_one_store_and_keeps_the_others(sqs) -> None:
+    """The worker stack's layout: one queue, the store in each message."""
+    url = sqs.create_queue(QueueName="dl-all")["QueueUrl"]
+    sink = SqsDeadLetters(BoundedSqs(sqs), {}, default_url=url)
+    sink.park([letter("eu", n) for n in range(3)] + [letter("us", n) for n in range(12)])
+
+    read = list(sink.read("eu"))
+    assert sorted(e.sequence_number for _, e in read) == [f"{n:020d}" for n in range(3)]
+    sink.remove("eu", [h for h, _ in read])
+    us = [e for _, e in sink.read("us")]  # released at the end of the first read, not 5 minutes later
+    assert sorted(e.sequence_number for e in us) == [f"{n:020d}" for n in range(12)]
+
+
+def test_entries_parked_while_a_store_is_read_wait_for_the_next_read(sqs) -> None:
+    """A redrive re-parking what still fails must not read its own re-parks: it would never end."""
+    url = sqs.create_queue(QueueName="dl-eu")["QueueUrl"]
+    sink = SqsDeadLetters(BoundedSqs(sqs), {"eu": url})
+    sink.park([letter("eu", n) for n in range(4)])
+    seen = []
+    for handle, entry in sink.read("eu"):
+        seen.append(entry.sequence_number)
+        sink.park([letter("eu", 100 + len(seen))])  # failed again: parked anew ...
+        sink.remove("eu", [handle])                 # ... and the old entry removed
+    assert sorted(seen) == [f"{n:020d}" for n in range(4)]
+    again = sorted(e.sequence_number for _, e in sink.read("eu"))
+    assert again == [f"{n:020d}" for n in range(101, 105)], "the re-parked entries, each once"
+
+
 def test_sqs_store_without_a_queue_refuses(sqs) -> None:
     sink = SqsDeadLetters(sqs, {})
     with pytest.raises(ParkFailed, match="no dead-letter queue configured"):
