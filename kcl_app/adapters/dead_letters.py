@@ -262,6 +262,7 @@ class SqsDeadLetters:
                 self.payloads.delete(pointers)
 
     def depth(self, store: str) -> int:
+        """Visible messages of the store's queue, approximately: of every store sharing that queue."""
         attrs = self.client.get_queue_attributes(
             QueueUrl=self._url(store), AttributeNames=["ApproximateNumberOfMessages"]
         )
