@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import logging
 import os
+import re
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -99,6 +101,16 @@ def make_writer(target: TargetConfig, config: Config, clock: Clock, client: Any 
                         max_concurrency=target.max_concurrency)
 
 
+_QUEUE_HOST = re.compile(r"^(?:sqs\.([a-z0-9-]+)\.amazonaws\.com(?:\.cn)?|([a-z0-9-]+)\.queue\.amazonaws\.com)$")
+
+
+def queue_region(queue_url: str) -> str | None:
+    """The region in an SQS queue URL (`https://sqs.<region>.amazonaws.com/...`, or the legacy
+    `https://<region>.queue.amazonaws.com/...`); None for other hosts, such as an emulator's."""
+    match = _QUEUE_HOST.match(urllib.parse.urlsplit(queue_url).hostname or "")
+    return (match.group(1) or match.group(2)) if match else None
+
+
 def make_dead_letters(config: Config, base_dir: str | None = None) -> DeadLetterSink:
     """A sink that routes each store to its target's dead-letter settings.
 
@@ -117,7 +129,7 @@ def make_dead_letters(config: Config, base_dir: str | None = None) -> DeadLetter
                     root = os.path.join(base_dir, root)
                 built[settings] = DirectoryDeadLetters(root)
             else:
-                region = settings.region or target.region
+                region = settings.region or queue_region(str(settings.queue_url)) or target.region
                 client = boto3.client("sqs", region_name=region, endpoint_url=settings.endpoint_url,
                                       config=boto_config())
                 payloads = None

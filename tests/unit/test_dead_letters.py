@@ -234,3 +234,31 @@ def test_each_target_parks_into_its_own_settings_and_strays_go_to_the_first(tmp_
     assert [e.data for _, e in DirectoryDeadLetters(tmp_path / "dlq-a").read("_poison")] == [b"raw-_poison"]
     assert not (tmp_path / "dlq-b" / "_poison").exists()
     assert [e.data for _, e in sink.read("b")] == [b"raw-b"]
+
+
+@pytest.mark.parametrize(("url", "region"), [
+    ("https://sqs.us-east-1.amazonaws.com/123456789012/tablesync-dl", "us-east-1"),
+    ("https://sqs.cn-north-1.amazonaws.com.cn/123456789012/q", "cn-north-1"),
+    ("https://eu-west-1.queue.amazonaws.com/123456789012/q", "eu-west-1"),
+    ("http://127.0.0.1:4566/000000000000/q", None),
+])
+def test_the_queue_url_names_its_region(url: str, region: str | None) -> None:
+    from kcl_app.compose import queue_region
+
+    assert queue_region(url) == region
+
+
+def test_an_sqs_store_is_reached_in_its_queues_region_not_the_targets() -> None:
+    """The worker stack's queue lives in the workers' region; a target is often in another."""
+    from kcl_app.compose import make_dead_letters
+    from kcl_app.config import parse
+
+    url = "https://sqs.us-east-1.amazonaws.com/123456789012/tablesync-dl"
+    cfg = parse({"dead_letter": {"kind": "sqs", "queue_url": url, "payload_bucket": "tablesync-dl-payloads"},
+                 "targets": [{"name": "eu", "source_table": "src", "region": "eu-west-1", "table": "copy"}]})
+    sink = make_dead_letters(cfg)._sink("eu")  # type: ignore[attr-defined]
+    assert sink.client.meta.region_name == "us-east-1"
+    assert sink.payloads.client.meta.region_name == "us-east-1"
+    with_region = parse({"dead_letter": {"kind": "sqs", "queue_url": "http://127.0.0.1:4566/0/q"},
+                         "targets": [{"name": "eu", "source_table": "src", "region": "eu-west-1", "table": "copy"}]})
+    assert make_dead_letters(with_region)._sink("eu").client.meta.region_name == "eu-west-1"  # type: ignore[attr-defined]
