@@ -13,6 +13,7 @@ Two stores behind the DeadLetterSink port:
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 import uuid
@@ -22,8 +23,11 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
+from kcl_app.adapters.retry import error_code
 from kcl_app.core.errors import ParkFailed
 from kcl_app.ports import DeadLetter
+
+log = logging.getLogger("tablesync.dead_letters")
 
 
 def _safe(store: str) -> str:
@@ -234,7 +238,18 @@ class SqsDeadLetters:
                         if self.payloads is None:
                             raise ParkFailed(store, f"entry {doc.get('key_id')} is kept in s3://{pointer['bucket']}/"
                                                     f"{pointer['key']}; set dead_letter.payload_bucket to read it")
-                        doc = self.payloads.get(pointer)
+                        try:
+                            doc = self.payloads.get(pointer)
+                        except ClientError as exc:
+                            if error_code(exc) not in ("NoSuchKey", "404"):
+                                raise
+                            # the body is gone (deleted by hand, or expired): this entry cannot be
+                            # redriven, but it must not stop the others; it stays for an operator
+                            log.error("dead-letter entry %s of store %s points to s3://%s/%s, which no longer "
+                                      "exists; left in the queue (%s)", doc.get("key_id"), store, pointer["bucket"],
+                                      pointer["key"], message.get("MessageId"))
+                            held.append(handle)
+                            continue
                         self._pointers[handle] = pointer
                     yield handle, DeadLetter.from_json(doc)
         finally:

@@ -122,6 +122,20 @@ def test_an_entry_larger_than_one_message_is_kept_in_s3_and_comes_back_whole(sqs
     assert sink.depth("eu") == 0 and objects(bucket) == [], "the object goes with its message"
 
 
+def test_an_entry_whose_s3_body_is_gone_is_left_and_does_not_stop_the_others(sqs, bucket, caplog) -> None:
+    url = sqs.create_queue(QueueName="dl-eu")["QueueUrl"]
+    sink = SqsDeadLetters(BoundedSqs(sqs), {"eu": url}, payloads=S3Payloads(bucket, "dl-payloads", "p/"))
+    sink.park([letter("eu", 1, os.urandom(900_000)), letter("eu", 2)])
+    (key,) = objects(bucket)
+    bucket.delete_object(Bucket="dl-payloads", Key=key)
+
+    assert [e.sequence_number for _, e in sink.read("eu")] == [f"{2:020d}"]
+    assert "no longer exists; left in the queue" in caplog.text
+    counts = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])["Attributes"]
+    assert counts["ApproximateNumberOfMessages"] == "1", "the entry left is visible again at once"
+    assert counts["ApproximateNumberOfMessagesNotVisible"] == "1", "the one read waits for its removal"
+
+
 def test_an_entry_larger_than_one_message_without_a_bucket_is_refused_clearly(sqs) -> None:
     url = sqs.create_queue(QueueName="dl-eu")["QueueUrl"]
     sink = SqsDeadLetters(sqs, {"eu": url})
