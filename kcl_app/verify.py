@@ -29,7 +29,7 @@ from __future__ import annotations
 import logging
 import random
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
@@ -187,13 +187,38 @@ class VerifyReport:
                 "targets": [t.to_json(max_listed) for t in self.targets.values()]}
 
 
+@dataclass(frozen=True)
+class VerifyProgress:
+    """Where a verification is: `phase` is "source" (source -> targets) or "target <name>"
+    (that target -> source); `scanned` items of the table being scanned, of about `estimated_total`
+    (DynamoDB's ItemCount, refreshed about every six hours; 0 when unknown)."""
+
+    phase: str
+    scanned: int
+    estimated_total: int
+    elapsed: float
+    divergent: int
+    done: bool = False
+
+    @property
+    def rate(self) -> float:
+        return self.scanned / self.elapsed if self.elapsed > 0 else 0.0
+
+    @property
+    def eta_seconds(self) -> float | None:
+        if self.done or self.rate <= 0 or self.estimated_total <= self.scanned:
+            return None
+        return (self.estimated_total - self.scanned) / self.rate
+
+
 # -- the verifier -----------------------------------------------------------------------------
 class Verifier:
     """Compares one source table with its targets; optionally repairs. Thread-safe counters."""
 
     def __init__(self, source: Any, source_table: str, targets: Sequence[TargetSpec], clock: Clock, *,
                  segments: int = 4, sample: float = 1.0, seed: int | None = None,
-                 page_limit: int | None = None, backoff: Backoff | None = None) -> None:
+                 page_limit: int | None = None, backoff: Backoff | None = None,
+                 progress: Callable[[VerifyProgress], None] | None = None, progress_every: float = 5.0) -> None:
         if not 0.0 < sample <= 1.0:
             raise ValueError("sample must be in (0, 1]")
         self.source = source
@@ -207,20 +232,63 @@ class Verifier:
         self.backoff = backoff or Backoff(base=0.05, cap=2.0)
         self.key_names: tuple[str, ...] = ()
         self._lock = threading.Lock()
+        self.progress = progress
+        self.progress_every = progress_every
+        self._phase: tuple[str, int, float] = ("", 0, 0.0)  # name, estimated total, started
+        self._scanned = 0
+        self._last_report = 0.0
+        self._report: VerifyReport | None = None
 
     def run(self, repair: bool = False) -> VerifyReport:
         self.key_names = key_names_of(self.source, self.source_table)
         report = VerifyReport(self.source_table, {t.name: TargetReport(t.name) for t in self.targets}, self.sample)
+        self._report = report
         # 1 source -> targets
+        self._start_phase("source", self.source, self.source_table)
         self._parallel(lambda seg: self._source_segment(seg, report))
+        self._progress(done=True)
         # 2 target -> source
         for spec in self.targets:
+            self._start_phase(f"target {spec.name}", spec.client, spec.table)
             self._parallel(lambda seg, spec=spec: self._target_segment(spec, seg, report))
+            self._progress(done=True)
         # 3 repair through the fenced path
         if repair:
             for spec in self.targets:
                 self._repair_all(spec, report.targets[spec.name])
         return report
+
+    # -- progress ---------------------------------------------------------------------------
+    def _start_phase(self, name: str, client: Any, table: str) -> None:
+        estimate = 0
+        if self.progress is not None:
+            try:
+                estimate = int(client.describe_table(TableName=table)["Table"].get("ItemCount", 0))
+            except (ClientError, BotoCoreError):
+                estimate = 0
+        with self._lock:
+            self._phase = (name, estimate, self.clock.monotonic())
+            self._scanned = 0
+            self._last_report = self.clock.monotonic()
+
+    def _scanned_page(self, items: int) -> None:
+        with self._lock:
+            self._scanned += items
+        self._progress()
+
+    def _progress(self, done: bool = False) -> None:
+        if self.progress is None:
+            return
+        now = self.clock.monotonic()
+        with self._lock:
+            if not done and now - self._last_report < self.progress_every:
+                return
+            self._last_report = now
+            name, estimate, started = self._phase
+            report = self._report
+            divergent = sum(len(t.divergences) for t in report.targets.values()) if report else 0
+            snapshot = VerifyProgress(name, self._scanned, estimate, now - started, divergent, done)
+        self.progress(snapshot)
 
     def _parallel(self, work: Any) -> None:
         with ThreadPoolExecutor(self.segments, thread_name_prefix="ts-verify") as pool:
@@ -235,6 +303,7 @@ class Verifier:
         for items, _ in scan_pages(self.clock, self.source, self.source_table, segment, self.segments,
                                    limit=self.page_limit):
             sampled = self._sampled(items, rng)
+            self._scanned_page(len(items))
             for spec in self.targets:
                 treport = report.targets[spec.name]
                 expected: dict[str, tuple[Item, Item | None]] = {}
@@ -257,6 +326,7 @@ class Verifier:
         for items, _ in scan_pages(self.clock, spec.client, spec.table, segment, self.segments,
                                    limit=self.page_limit):
             keys = [key_of(i, self.key_names) for i in self._sampled(items, rng)]
+            self._scanned_page(len(items))
             found = self._batch_get(self.source, self.source_table, keys)
             with self._lock:
                 treport.target_checked += len(keys)

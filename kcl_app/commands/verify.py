@@ -1,7 +1,7 @@
 """``tablesync verify``: compare the source with every target; optionally repair through the fenced path.
 
     tablesync verify --config targets.toml [--target NAME ...] [--segments N] [--sample RATE]
-        [--seed S] [--repair] [--json]
+        [--seed S] [--repair] [--json] [--quiet]
 
 Both directions, in parallel scan segments with consistent reads: every source item is looked up
 in each target (BatchGetItem), and every target item in the source, so that extra items are found.
@@ -10,7 +10,8 @@ version attribute ignored. A mismatch is re-read on both sides before it counts,
 flight is not a divergence. Reported per target: missing, extra and different items (which
 attributes, and how). `--repair` makes each divergent key hold the source's current item through
 the fenced path: a change that lands in between wins (counted `superseded`). `--sample RATE`
-checks a random fraction of the keys, for cheap continuous checks.
+checks a random fraction of the keys, for cheap continuous checks. Progress goes to stderr every
+5 s and at the end of each pass (`--quiet`: none), the report to stdout.
 
 Exit codes: 0 every target matches (or every divergence was repaired); 1 divergences remain;
 2 the verification could not run (configuration, access, a table missing).
@@ -30,7 +31,7 @@ from kcl_app.commands import described
 from kcl_app.commands.backfill import source_client, target_specs
 from kcl_app.config import load
 from kcl_app.core.errors import ReplicationError
-from kcl_app.verify import TargetReport, Verifier, VerifyReport
+from kcl_app.verify import TargetReport, Verifier, VerifyProgress, VerifyReport
 
 EXIT_OK, EXIT_DIVERGENT, EXIT_ERROR = 0, 1, 2
 SHOWN = 20
@@ -47,6 +48,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=None, help="seed of the sample (default random)")
     parser.add_argument("--repair", action="store_true", help="fix divergences without overwriting newer data")
     parser.add_argument("--json", action="store_true", help="print a machine-readable report")
+    parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     return parser
 
 
@@ -65,6 +67,17 @@ def _print_target(t: TargetReport) -> None:
         print(f"  ... {len(t.divergences) - SHOWN} more (use --json for all)")
 
 
+def _print_progress(p: VerifyProgress) -> None:
+    total = f"/~{p.estimated_total:,}" if p.estimated_total else ""
+    if p.done:
+        when = f"done in {p.elapsed:,.0f} s"
+    else:
+        when = f"ETA {p.eta_seconds:,.0f} s" if p.eta_seconds is not None else "ETA unknown"
+    phase = "source -> targets" if p.phase == "source" else f"{p.phase.split(' ', 1)[1]} -> source"
+    print(f"verify: {phase}: {p.scanned:,}{total} items scanned, {p.rate:,.0f} items/s, {when}; "
+          f"{p.divergent:,} divergent so far", file=sys.stderr, flush=True)
+
+
 def run(args: argparse.Namespace) -> int:
     clock = SystemClock()
     reports: list[VerifyReport] = []
@@ -75,7 +88,8 @@ def run(args: argparse.Namespace) -> int:
         tables = sorted({s.rule.source_table for s in specs})
         for table in tables:
             verifier = Verifier(source, table, [s for s in specs if s.rule.source_table == table], clock,
-                                segments=args.segments, sample=args.sample, seed=args.seed)
+                                segments=args.segments, sample=args.sample, seed=args.seed,
+                                progress=None if args.quiet else _print_progress)
             reports.append(verifier.run(repair=args.repair))
     except (ReplicationError, ClientError, BotoCoreError, OSError, ValueError, TimeoutError) as exc:
         print(f"tablesync verify: cannot verify: {exc}", file=sys.stderr)

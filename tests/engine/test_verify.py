@@ -293,3 +293,25 @@ region = "eu-west-1"
     code, doc = run("--repair")
     assert code == 0 and doc["sources"][0]["targets"][0]["repaired"] == 6
     assert run()[0] == 0
+
+    # progress goes to stderr, one line at least when each pass ends; --quiet has none
+    assert verify_cmd.run(parser.parse_args(["verify", "--config", str(config)])) == 0
+    err = capsys.readouterr().err
+    assert "verify: source -> targets: 20/~20 items scanned" in err and "done in" in err
+    assert "verify: a -> source: 20/~20 items scanned" in err and "verify: b -> source" in err
+    code = verify_cmd.run(parser.parse_args(["verify", "--config", str(config), "--quiet"]))
+    assert code == 0 and capsys.readouterr().err == ""
+
+
+def test_progress_reports_every_pass_with_its_counts(tables: Tables, clock: Any) -> None:
+    seen: list[Any] = []
+    Verifier(tables.source, "source", [tables.a, tables.b], clock, segments=2, page_limit=3,
+             progress=seen.append, progress_every=0.0).run()
+    phases = [p.phase for p in seen]
+    assert list(dict.fromkeys(phases)) == ["source", "target a", "target b"], "in order, each pass once"
+    for phase in ("source", "target a", "target b"):
+        reports = [p for p in seen if p.phase == phase]
+        assert [p.scanned for p in reports] == sorted(p.scanned for p in reports), "counts only grow"
+        assert len(reports) > 2, "reports while the pass runs, not only at its end"
+        final = reports[-1]
+        assert final.done and final.scanned == 20 and final.estimated_total == 20 and final.divergent == 0
