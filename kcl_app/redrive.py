@@ -68,7 +68,9 @@ class Reread:
 
 
 def redrive(pipeline: Pipeline, sink: DeadLetterSink, target: str, batch_size: int = 500,
-            reread: Reread | None = None) -> RedriveReport:
+            reread: Reread | None = None,
+            progress: Callable[[RedriveReport], None] | None = None) -> RedriveReport:
+    """Re-apply the entries of `target`'s store; `progress(report so far)` after each step."""
     report = RedriveReport(target)
     batch: list[tuple[str, RawRecord]] = []
 
@@ -85,6 +87,8 @@ def redrive(pipeline: Pipeline, sink: DeadLetterSink, target: str, batch_size: i
         sink.remove(target, settled)
         report.removed += len(settled)
         batch.clear()
+        if progress is not None:
+            progress(report)
 
     for handle, entry in sink.read(target):
         report.read += 1
@@ -98,6 +102,8 @@ def redrive(pipeline: Pipeline, sink: DeadLetterSink, target: str, batch_size: i
                 report.removed += 1
             else:
                 report.still_failing += 1  # kept as it is, for the next run
+            if progress is not None:
+                progress(report)
             continue
         batch.append((handle, raw))
         if len(batch) >= batch_size:

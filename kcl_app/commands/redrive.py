@@ -10,6 +10,8 @@ longer remember a delete that came after it. Needs read access to the source tab
 Reports how many entries were read, applied, stale (already superseded), re-read from the source
 and still failing (parked again with a fresh reason, or kept).
 
+Progress (counts so far) goes to stderr every 5 s, the report to stdout.
+
 Exit codes: 0 nothing left failing; 1 some entries still fail; 2 could not run.
 """
 
@@ -18,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any
 
@@ -30,7 +33,7 @@ from kcl_app.compose import build_engine
 from kcl_app.config import Config, load
 from kcl_app.core.errors import ReplicationError
 from kcl_app.ports import Clock
-from kcl_app.redrive import Reread, redrive
+from kcl_app.redrive import RedriveReport, Reread, redrive
 from kcl_app.verify import Verifier
 
 EXIT_OK, EXIT_FAILING, EXIT_ERROR = 0, 1, 2
@@ -54,6 +57,21 @@ def reread_for(config: Config, name: str, clock: Clock) -> Reread:
     return Reread(lambda key: verifier.repair_key(spec, key), clock, max_age, config.precision)
 
 
+def progress_printer(clock: Clock, every: float = 5.0) -> Callable[[RedriveReport], None]:
+    """A progress callback that prints the counts so far to stderr, at most every `every` seconds."""
+    last = [clock.monotonic()]
+
+    def show(report: RedriveReport) -> None:
+        if clock.monotonic() - last[0] < every:
+            return
+        last[0] = clock.monotonic()
+        print(f"redrive {report.target}: so far read {report.read:,}, applied {report.applied:,}, stale "
+              f"{report.stale:,}, re-read {report.reread:,}, still failing {report.still_failing:,}",
+              file=sys.stderr, flush=True)
+
+    return show
+
+
 def run(args: argparse.Namespace) -> int:
     clock = SystemClock()
     try:
@@ -65,7 +83,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"tablesync redrive: cannot run: {exc}", file=sys.stderr)
         return EXIT_ERROR
     try:
-        report = redrive(engine.pipeline, engine.dead_letters, args.target, reread=reread)
+        report = redrive(engine.pipeline, engine.dead_letters, args.target, reread=reread,
+                         progress=progress_printer(clock))
     except (ReplicationError, ClientError, BotoCoreError) as exc:  # the store itself failed: entries kept
         print(f"tablesync redrive: stopped: {exc}", file=sys.stderr)
         return EXIT_ERROR

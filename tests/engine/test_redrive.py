@@ -296,3 +296,21 @@ retry_budget_seconds = 2
     report = json.loads(capsys.readouterr().out)
     assert report == {**report, "read": 5, "still_failing": 5, "applied": 0}
     assert engine.dead_letters.depth("down") == 10, "each entry replaced by its re-parked copy; none lost"  # type: ignore[attr-defined]
+
+
+@pytest.mark.usefixtures("moto")
+def test_redrive_reports_its_progress(clock: Any, tmp_path: Path, capsys: Any) -> None:
+    outage = Outage(tmp_path, clock, "exact", recent() - 3600 * 10**6)
+    seen: list[tuple[int, int, int]] = []
+    report = redrive(outage.engine.pipeline, outage.engine.dead_letters, "down", batch_size=2,
+                     progress=lambda r: seen.append((r.read, r.applied + r.stale, r.removed)))
+    assert seen[-1] == (report.read, report.applied + report.stale, report.removed) == (3, 3, 3)
+    assert len(seen) == 2 and seen[0][0] < 3, "after each batch, not only at the end"
+
+    printer = redrive_cmd.progress_printer(clock, every=5.0)
+    printer(report)
+    assert capsys.readouterr().err == "", "not before 5 s have passed"
+    clock.advance(5)
+    printer(report)
+    assert capsys.readouterr().err == (
+        "redrive down: so far read 3, applied 1, stale 2, re-read 0, still failing 0\n")
