@@ -39,6 +39,7 @@ class RedriveReport:
     applied: int = 0
     stale: int = 0
     reread: int = 0
+    left_too_old: int = 0
     still_failing: int = 0
     removed: int = 0
 
@@ -48,10 +49,12 @@ class Reread:
     """Settles an entry from the source instead of replaying it, when replaying is no longer safe.
 
     `repair(key)` makes the target hold the source's current item for `key` (fenced), returning
-    "repaired", "superseded" (a newer change got there first: settled too) or "failed".
-    `max_age_seconds` None means every entry is re-read (inline mode)."""
+    "repaired", "superseded" (a newer change got there first: settled too) or "failed"; None
+    leaves such entries in the store (the stream-wide stores, whose records concern every target:
+    `verify --repair` or a backfill settles their keys). `max_age_seconds` None means every entry
+    is re-read (inline mode)."""
 
-    repair: Callable[[Item], str]
+    repair: Callable[[Item], str] | None
     clock: Clock
     max_age_seconds: float | None
     precision: Precision = "auto"
@@ -69,8 +72,12 @@ class Reread:
 
 def redrive(pipeline: Pipeline, sink: DeadLetterSink, target: str, batch_size: int = 500,
             reread: Reread | None = None,
-            progress: Callable[[RedriveReport], None] | None = None) -> RedriveReport:
-    """Re-apply the entries of `target`'s store; `progress(report so far)` after each step."""
+            progress: Callable[[RedriveReport], None] | None = None,
+            stream_wide: bool = False) -> RedriveReport:
+    """Re-apply the entries of `target`'s store; `progress(report so far)` after each step.
+
+    `stream_wide`: `target` is `_poison` or `_unmapped`, whose records go through the whole
+    pipeline again (every target; those still undecodable or unmapped are parked anew)."""
     report = RedriveReport(target)
     batch: list[tuple[str, RawRecord]] = []
 
@@ -78,11 +85,13 @@ def redrive(pipeline: Pipeline, sink: DeadLetterSink, target: str, batch_size: i
         if not batch:
             return
         records = [raw for _, raw in batch]
-        result = pipeline.process(records, only=[target])
-        counts = result.targets[target]
-        report.applied += counts.applied
-        report.stale += counts.stale + counts.duplicate + counts.coalesced
-        report.still_failing += counts.parked
+        result = pipeline.process(records, only=None if stream_wide else [target])
+        for counts in result.targets.values():
+            report.applied += counts.applied
+            report.stale += counts.stale + counts.duplicate + counts.coalesced
+            report.still_failing += counts.parked
+        if stream_wide:
+            report.still_failing += result.poison + result.unmapped
         settled = [handle for i, (handle, _) in enumerate(batch) if i <= result.checkpoint_index]
         sink.remove(target, settled)
         report.removed += len(settled)
@@ -96,7 +105,9 @@ def redrive(pipeline: Pipeline, sink: DeadLetterSink, target: str, batch_size: i
         key = reread.key_to_reread(raw) if reread else None
         if reread is not None and key is not None:
             flush()  # what came before this entry in the store lands first
-            if reread.repair(key) in ("repaired", "superseded"):
+            if reread.repair is None:
+                report.left_too_old += 1
+            elif reread.repair(key) in ("repaired", "superseded"):
                 report.reread += 1
                 sink.remove(target, [handle])
                 report.removed += 1

@@ -1,6 +1,6 @@
 """``tablesync redrive``: re-apply a target's parked changes through the fenced path.
 
-    tablesync redrive --config targets.toml --target NAME [--json]
+    tablesync redrive --config targets.toml (--target NAME | --store _unmapped | --store _poison) [--json]
 
 Safe at any time and any number of times: a parked change older than what the target holds is a
 stale no-op; an entry leaves the dead-letter store only once settled. An entry older than the
@@ -10,9 +10,16 @@ longer remember a delete that came after it. Needs read access to the source tab
 Reports how many entries were read, applied, stale (already superseded), re-read from the source
 and still failing (parked again with a fresh reason, or kept).
 
+`--store _unmapped` replays the records of tables no target wanted (kept with `unmapped = "park"`)
+through every target, once a mapping for their table has been added; `--store _poison` replays the
+undecodable ones, after a fix. Records still unmapped or undecodable are parked anew; a record of
+either store older than the tombstone TTL is left in the store (`left_too_old`): settle its table
+with `verify --repair` or a backfill instead.
+
 Progress (counts so far) goes to stderr every 5 s, the report to stdout.
 
-Exit codes: 0 nothing left failing; 1 some entries still fail; 2 could not run.
+Exit codes: 0 nothing left in the store; 1 some entries still fail (or were left as too old);
+2 could not run.
 """
 
 from __future__ import annotations
@@ -32,18 +39,22 @@ from kcl_app.commands.backfill import source_client, target_specs
 from kcl_app.compose import build_engine
 from kcl_app.config import Config, load
 from kcl_app.core.errors import ReplicationError
+from kcl_app.pipeline import POISON_STORE, UNMAPPED_STORE
 from kcl_app.ports import Clock
 from kcl_app.redrive import RedriveReport, Reread, redrive
 from kcl_app.verify import Verifier
 
 EXIT_OK, EXIT_FAILING, EXIT_ERROR = 0, 1, 2
+STREAM_WIDE = (UNMAPPED_STORE, POISON_STORE)
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser: argparse.ArgumentParser = subparsers.add_parser(
         "redrive", help="re-apply a target's parked changes", **described(__doc__))
     parser.add_argument("--config", required=True, help="targets.toml")
-    parser.add_argument("--target", required=True, help="the target whose dead letters to redrive")
+    which = parser.add_mutually_exclusive_group(required=True)
+    which.add_argument("--target", help="the target whose dead letters to redrive")
+    which.add_argument("--store", choices=STREAM_WIDE, help="a store of records that belong to no target yet")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     return parser
 
@@ -74,17 +85,24 @@ def progress_printer(clock: Clock, every: float = 5.0) -> Callable[[RedriveRepor
 
 def run(args: argparse.Namespace) -> int:
     clock = SystemClock()
+    stream_wide = args.store is not None
+    store = args.store or args.target
     try:
         config = load(args.config)
-        config.target(args.target)
+        if not stream_wide:
+            config.target(args.target)  # an unknown name is refused before anything is built
         engine = build_engine(config, clock=clock)
-        reread = reread_for(config, args.target, clock)
+        if stream_wide:
+            engine.pipeline.unmapped = "park"  # what is still unmapped stays in the store
+            reread = Reread(None, clock, config.tombstone_ttl_seconds, config.precision)
+        else:
+            reread = reread_for(config, args.target, clock)
     except (ReplicationError, ClientError, BotoCoreError, OSError) as exc:
         print(f"tablesync redrive: cannot run: {exc}", file=sys.stderr)
         return EXIT_ERROR
     try:
-        report = redrive(engine.pipeline, engine.dead_letters, args.target, reread=reread,
-                         progress=progress_printer(clock))
+        report = redrive(engine.pipeline, engine.dead_letters, store, reread=reread,
+                         progress=progress_printer(clock), stream_wide=stream_wide)
     except (ReplicationError, ClientError, BotoCoreError) as exc:  # the store itself failed: entries kept
         print(f"tablesync redrive: stopped: {exc}", file=sys.stderr)
         return EXIT_ERROR
@@ -94,9 +112,9 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(asdict(report), sort_keys=True))
     else:
         print(f"redrive {report.target}: read {report.read}, applied {report.applied}, "
-              f"stale {report.stale}, re-read from the source {report.reread}, "
-              f"still failing {report.still_failing}, removed {report.removed}")
-    return EXIT_OK if report.still_failing == 0 else EXIT_FAILING
+              f"stale {report.stale}, re-read from the source {report.reread}, left as too old "
+              f"{report.left_too_old}, still failing {report.still_failing}, removed {report.removed}")
+    return EXIT_OK if report.still_failing == 0 and report.left_too_old == 0 else EXIT_FAILING
 
 
 if __name__ == "__main__":

@@ -314,3 +314,76 @@ def test_redrive_reports_its_progress(clock: Any, tmp_path: Path, capsys: Any) -
     printer(report)
     assert capsys.readouterr().err == (
         "redrive down: so far read 3, applied 1, stale 2, re-read 0, still failing 0\n")
+
+
+def stream_wide_config(tmp_path: Path, extra: str = "") -> Path:
+    path = tmp_path / "targets.toml"
+    path.write_text(f"""
+unmapped = "park"
+
+[dead_letter]
+kind = "dir"
+path = "{tmp_path / 'dead-letters'}"
+
+[[targets]]
+name = "orders"
+source_table = "orders"
+table = "copy-orders"
+region = "eu-west-1"
+{extra}""")
+    return path
+
+
+USERS_TARGET = """
+[[targets]]
+name = "users"
+source_table = "users"
+table = "copy-users"
+region = "eu-west-1"
+"""
+
+
+@pytest.mark.usefixtures("moto")
+def test_unmapped_records_are_redriven_once_their_table_is_mapped(clock: Any, tmp_path: Path, capsys: Any) -> None:
+    eu = boto3.client("dynamodb", region_name="eu-west-1")
+    create_table(eu, "copy-orders")
+    create_table(eu, "copy-users")
+    users, audit = SourceSim("users", start_micros=recent()), SourceSim("audit", start_micros=recent())
+    for i in range(4):
+        users.put({"pk": {"S": f"u{i}"}, "name": {"S": f"user {i}"}})
+    audit.put({"pk": {"S": "a0"}})
+    old = SourceSim("users", start_micros=recent() - 3 * 86400 * 10**6)  # older than the tombstone TTL
+    old.put({"pk": {"S": "u-old"}})
+    engine = build_engine(load(stream_wide_config(tmp_path)), clock=clock, metrics=RecordingMetrics())
+    assert engine.pipeline.process(users.raw_records() + audit.raw_records() + old.raw_records()).complete
+    engine.close()
+    assert engine.dead_letters.depth("_unmapped") == 6  # type: ignore[attr-defined]
+
+    mapped = stream_wide_config(tmp_path, extra=USERS_TARGET)
+    parser = argparse.ArgumentParser()
+    redrive_cmd.add_parser(parser.add_subparsers())
+    args = parser.parse_args(["redrive", "--config", str(mapped), "--store", "_unmapped", "--json"])
+    assert redrive_cmd.run(args) == 1, "one record is still unmapped, one too old"
+    report = json.loads(capsys.readouterr().out)
+    assert report == {**report, "read": 6, "applied": 4, "still_failing": 1, "left_too_old": 1, "removed": 5}
+    assert normalise_all(scan_all(eu, "copy-users")) == normalise_all(users.items)
+    left = sorted(json.loads(e.data)["tableName"] for _, e in engine.dead_letters.read("_unmapped"))
+    assert left == ["audit", "users"], "audit parked anew, the old users record left as it was"
+
+
+@pytest.mark.usefixtures("moto")
+def test_poison_records_are_parked_anew_when_replayed_and_still_undecodable(
+        clock: Any, tmp_path: Path, capsys: Any) -> None:
+    from kcl_app.core.records import RawRecord
+
+    engine = build_engine(load(stream_wide_config(tmp_path)), clock=clock, metrics=RecordingMetrics())
+    assert engine.pipeline.process([RawRecord(b"\xff not json", "1")]).complete
+    engine.close()
+    parser = argparse.ArgumentParser()
+    redrive_cmd.add_parser(parser.add_subparsers())
+    args = parser.parse_args(["redrive", "--config", str(tmp_path / "targets.toml"), "--store", "_poison", "--json"])
+    assert redrive_cmd.run(args) == 1
+    report = json.loads(capsys.readouterr().out)
+    assert report == {**report, "read": 1, "still_failing": 1, "removed": 1}
+    (entry,) = [e for _, e in engine.dead_letters.read("_poison")]
+    assert entry.data == b"\xff not json" and "not JSON" in entry.reason
