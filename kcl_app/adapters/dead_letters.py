@@ -215,6 +215,7 @@ class SqsDeadLetters:
         url = self._url(store)
         started_ms = time.time() * 1000
         held: list[str] = []
+        held_ids: set[str] = set()
         self._reading[store] = set()
         try:
             while True:
@@ -225,13 +226,22 @@ class SqsDeadLetters:
                 messages = answer.get("Messages", [])
                 if not messages:
                     return
-                for message in messages:
+                for n, message in enumerate(messages):
                     handle = message["ReceiptHandle"]
+                    if message.get("MessageId") in held_ids:
+                        # a held message is back: its visibility timeout ran out before the read
+                        # could see an empty queue (a huge backlog of other stores). Stop here;
+                        # what is left of this store waits for the next read.
+                        log.warning("dead-letter read of store %s stopped after holding %d other messages for "
+                                    "the visibility timeout; run it again for the rest", store, len(held_ids))
+                        held.extend(m["ReceiptHandle"] for m in messages[n:])
+                        return
                     doc = json.loads(message["Body"])
                     sent_ms = float(message.get("Attributes", {}).get("SentTimestamp", 0))
                     if (doc.get("store") != store or message.get("MessageId") in self._reading[store]
                             or sent_ms > started_ms + LATE_PARK_MS):
                         held.append(handle)
+                        held_ids.add(message.get("MessageId", handle))
                         continue
                     pointer = doc.get("payload")
                     if pointer is not None:
