@@ -287,8 +287,8 @@ class Verifier:
             name, estimate, started = self._phase
             report = self._report
             divergent = sum(len(t.divergences) for t in report.targets.values()) if report else 0
-            snapshot = VerifyProgress(name, self._scanned, estimate, now - started, divergent, done)
-        self.progress(snapshot)
+            # reported under the lock, so that reports from parallel segments arrive in order
+            self.progress(VerifyProgress(name, self._scanned, estimate, now - started, divergent, done))
 
     def _parallel(self, work: Any) -> None:
         with ThreadPoolExecutor(self.segments, thread_name_prefix="ts-verify") as pool:
