@@ -51,6 +51,16 @@ def make_item(i: int, version: int = 0) -> Item:
     }
 
 
+def seeded_source(items: int) -> tuple[Any, Any]:
+    """A source table "source" holding make_item(0..items-1), and a client for the target region."""
+    source = boto3.client("dynamodb", region_name=SOURCE_REGION)
+    create_table(source, "source")
+    for i in range(items):
+        source.put_item(TableName="source", Item=make_item(i))
+    return source, boto3.client("dynamodb", region_name="eu-west-1")
+
+
+
 class LiveSource:
     """Writes to the real source table and keeps the destination record of every change it made.
 
@@ -219,11 +229,7 @@ def _run_to_completion(source: Any, spec: TargetSpec, state_dir: Path, clock: An
 
 @pytest.mark.usefixtures("moto")
 def test_backfill_killed_mid_way_resumes_to_the_same_result(clock, tmp_path: Path) -> None:
-    source = boto3.client("dynamodb", region_name=SOURCE_REGION)
-    create_table(source, "source")
-    for i in range(40):
-        source.put_item(TableName="source", Item=make_item(i))
-    target = boto3.client("dynamodb", region_name="eu-west-1")
+    source, target = seeded_source(40)
     specs = {}
     for name in ("resumed", "straight"):
         create_table(target, f"t-{name}")
@@ -256,11 +262,7 @@ def test_backfill_killed_mid_way_resumes_to_the_same_result(clock, tmp_path: Pat
 
 @pytest.mark.usefixtures("moto")
 def test_inline_backfill_writes_only_absent_items_and_verify_ignores_the_version(clock, tmp_path: Path) -> None:
-    source = boto3.client("dynamodb", region_name=SOURCE_REGION)
-    create_table(source, "source")
-    for i in range(12):
-        source.put_item(TableName="source", Item=make_item(i))
-    target = boto3.client("dynamodb", region_name="eu-west-1")
+    source, target = seeded_source(12)
     create_table(target, "inline-t")
     # the stream already wrote k003 (newer content, newer version): the backfill must not touch it
     newer = {**make_item(3, 9), "_tablesync_version": {"S": "01790000000000000001#ev"}}
@@ -284,11 +286,7 @@ def test_token_bucket_paces_on_the_injected_clock(clock) -> None:
 
 @pytest.mark.usefixtures("moto")
 def test_backfill_pays_its_read_and_write_units(clock, tmp_path: Path) -> None:
-    source = boto3.client("dynamodb", region_name=SOURCE_REGION)
-    create_table(source, "source")
-    for i in range(30):
-        source.put_item(TableName="source", Item=make_item(i))
-    target = boto3.client("dynamodb", region_name="eu-west-1")
+    source, target = seeded_source(30)
     create_table(target, "t")
     ensure_ledger(target, "l")
     spec = TargetSpec(TargetRule("a", "source"), target, "t", "exact", "l")
@@ -325,11 +323,7 @@ def _args(tmp_path: Path, *extra: str) -> argparse.Namespace:
 
 @pytest.fixture
 def source_and_target(moto: None) -> Any:
-    source = boto3.client("dynamodb", region_name=SOURCE_REGION)
-    create_table(source, "source")
-    for i in range(7):
-        source.put_item(TableName="source", Item=make_item(i))
-    target = boto3.client("dynamodb", region_name="eu-west-1")
+    source, target = seeded_source(7)
     create_table(target, "copy-a")
     return source, target
 
