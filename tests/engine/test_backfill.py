@@ -60,7 +60,6 @@ def seeded_source(items: int) -> tuple[Any, Any]:
     return source, boto3.client("dynamodb", region_name="eu-west-1")
 
 
-
 class LiveSource:
     """Writes to the real source table and keeps the destination record of every change it made.
 
