@@ -121,7 +121,7 @@ def main() -> int:
     parser.add_argument("--endpoint", default=None, help="DynamoDB endpoint (default: in-process moto)")
     args = parser.parse_args()
     from kcl_app.adapters.clock import SystemClock
-    from kcl_app.adapters.ledger_writer import ensure_ledger
+    from kcl_app.adapters.ledger import ensure_ledger
     from kcl_app.backfill import BackfillState, TargetSpec, backfill
     from kcl_app.core.plan import TargetRule
     from kcl_app.verify import Verifier

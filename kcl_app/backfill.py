@@ -34,17 +34,16 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from botocore.exceptions import BotoCoreError, ClientError
-
-from kcl_app.adapters.ledger_writer import LEDGER_DELETED, LEDGER_KEY, LEDGER_VERSION
-from kcl_app.adapters.retry import Backoff, classify, error_code
+from kcl_app.adapters.retry import describe
 from kcl_app.config import Config, TargetConfig
 from kcl_app.core.attrs import MAX_ITEM_BYTES, Item, item_from_wire, item_size, item_to_wire, key_id, key_of
 from kcl_app.core.errors import ReplicationError
-from kcl_app.core.plan import TargetRule
+from kcl_app.core.fence import NEVER_SEEN
+from kcl_app.core.plan import TargetRule, Write
 from kcl_app.core.records import Change
+from kcl_app.core.retry import READS, Backoff, RetryBudgetSpent, until
 from kcl_app.core.versions import Version
-from kcl_app.ports import Clock
+from kcl_app.ports import Clock, GuardedWriter
 
 log = logging.getLogger("tablesync.backfill")
 
@@ -66,6 +65,7 @@ class TargetSpec:
     ledger_table: str | None = None
     version_attribute: str = "_tablesync_version"
     tombstone_ttl_seconds: float = 48 * 3600.0
+    writer: GuardedWriter | None = None  # None: built from `client` by `writer_for`
 
     @property
     def name(self) -> str:
@@ -78,6 +78,21 @@ class TargetSpec:
                    target.version_attribute, config.tombstone_ttl_seconds)
 
 
+def writer_for(spec: TargetSpec, clock: Clock) -> GuardedWriter:
+    """The fenced writer of a target: the one the spec carries, or one built on its client (the same
+    writer classes, with the same defaults, as the stream path)."""
+    if spec.writer is not None:
+        return spec.writer
+    if spec.mode == "inline":
+        from kcl_app.adapters.inline import InlineWriter
+
+        return InlineWriter(spec.name, spec.client, spec.table, clock, spec.version_attribute)
+    from kcl_app.adapters.ledger import LedgerWriter
+
+    return LedgerWriter(spec.name, spec.client, spec.table, str(spec.ledger_table), clock,
+                        tombstone_ttl_seconds=spec.tombstone_ttl_seconds)
+
+
 class SourceProblem(ReplicationError):
     """The source table cannot be read as needed (missing, no key schema)."""
 
@@ -86,35 +101,36 @@ def key_names_of(client: Any, table: str) -> tuple[str, ...]:
     """The key attribute names of a table, partition key first."""
     try:
         schema = client.describe_table(TableName=table)["Table"]["KeySchema"]
-    except ClientError as exc:
-        raise SourceProblem(f"cannot describe table {table!r}: {error_code(exc)}") from exc
+    except Exception as exc:  # noqa: BLE001 - reported with its code, chained
+        raise SourceProblem(f"cannot describe table {table!r}: {describe(exc).code}") from exc
     ordered = sorted(schema, key=lambda k: 0 if k["KeyType"] == "HASH" else 1)
     return tuple(k["AttributeName"] for k in ordered)
+
+
+def backfill_change(source_table: str, key_names: Sequence[str], item: Item) -> Change:
+    """A scanned item as the change the stream would deliver for it, at the backfill's version."""
+    key = key_of(item, key_names)
+    return Change(table=source_table, event="INSERT", key=key, key_id=key_id(key), new_image=item,
+                  version=BACKFILL_VERSION, ttl_delete=False, event_id="backfill")
 
 
 def shape_item(rule: TargetRule, source_table: str, key_names: Sequence[str], item: Item) -> Item | None:
     """What `rule` makes of a source item, exactly as the stream path would (projection, transform).
 
     None: the target must not hold the key. Raises ValueError (or what the transform raises)."""
-    key = key_of(item, key_names)
-    change = Change(table=source_table, event="INSERT", key=key, key_id=key_id(key), new_image=item,
-                    version=BACKFILL_VERSION, ttl_delete=False, event_id="backfill")
-    return rule.shape(change)
+    return rule.shape(backfill_change(source_table, key_names, item))
 
 
 def call(clock: Clock, fn: Callable[..., Any], budget: float = 60.0, backoff: Backoff | None = None,
          **kwargs: Any) -> Any:
-    """Call a read API, retrying throttling and 5xx until `budget` seconds pass; the last error is raised."""
-    backoff = backoff or Backoff(base=0.05, cap=2.0)
-    deadline = clock.monotonic() + budget
-    attempt = 0
-    while True:
-        try:
-            return fn(**kwargs)
-        except (ClientError, BotoCoreError) as exc:
-            if classify(exc) != "transient" or not backoff.wait(clock, attempt, deadline):
-                raise
-            attempt += 1
+    """Call a read API, retrying transient errors (throttling, 5xx, connection) until `budget`
+    seconds pass; the last error is raised as it came."""
+    try:
+        return until(clock, clock.monotonic() + budget, lambda: fn(**kwargs), describe,
+                     backoff=backoff or Backoff(base=0.05, cap=2.0), retry_on=READS)
+    except RetryBudgetSpent as spent:
+        assert spent.cause is not None  # noqa: S101 - until always records the exception
+        raise spent.cause from None
 
 
 def scan_pages(clock: Clock, client: Any, table: str, segment: int, total: int, *,
@@ -243,94 +259,32 @@ class WriteOutcome:
 class UnseenWriter:
     """Writes items into one target only where the key was never seen (the backfill's hook).
 
-    exact: (ledger Put `{k, v: 0#backfill, d: false}` if `attribute_not_exists(k)`, item Put) pairs.
-    inline: item Put (version attribute = the backfill token) if `attribute_not_exists(<pk>)`."""
+    Through the target's fenced writer with the `NeverSeen` guard (the writer owns the conditions);
+    this class adds the write-unit budget and the chunking of one page."""
 
-    def __init__(self, spec: TargetSpec, key_names: Sequence[str], clock: Clock,
-                 bucket: TokenBucket | None = None, budget_seconds: float = 60.0,
-                 backoff: Backoff | None = None) -> None:
+    def __init__(self, spec: TargetSpec, writer: GuardedWriter, clock: Clock,
+                 bucket: TokenBucket | None = None, budget_seconds: float = 60.0) -> None:
         self.spec = spec
-        self.key_names = tuple(key_names)
+        self.writer = writer
         self.clock = clock
         self.bucket = bucket or TokenBucket(None, clock)
         self.budget = budget_seconds
-        self.backoff = backoff or Backoff(base=0.05, cap=2.0)
-        self.stride = 2 if spec.mode == "exact" else 1
+        self.per_call = MAX_ACTIONS // (2 if spec.mode == "exact" else 1)
 
-    def _actions(self, item: Item) -> list[dict[str, Any]]:
-        token = {"S": BACKFILL_VERSION.token()}
-        if self.spec.mode == "inline":
-            return [{"Put": {"TableName": self.spec.table, "Item": {**item, self.spec.version_attribute: token},
-                             "ConditionExpression": "attribute_not_exists(#pk)",
-                             "ExpressionAttributeNames": {"#pk": self.key_names[0]}}}]
-        row = {LEDGER_KEY: {"S": key_id(key_of(item, self.key_names))}, LEDGER_VERSION: token,
-               LEDGER_DELETED: {"BOOL": False}}
-        return [{"Put": {"TableName": self.spec.ledger_table, "Item": row,
-                         "ConditionExpression": "attribute_not_exists(#k)",
-                         "ExpressionAttributeNames": {"#k": LEDGER_KEY}}},
-                {"Put": {"TableName": self.spec.table, "Item": item}}]
-
-    def _units(self, items: Sequence[Item]) -> float:
+    def _units(self, writes: Sequence[Write]) -> float:
         ledger = 2.0 if self.spec.mode == "exact" else 0.0  # transactional writes cost 2 units per KB
-        return sum(2.0 * max(1, math.ceil(item_size(i) / 1024)) + ledger for i in items)
+        return sum(2.0 * max(1, math.ceil(item_size(w.item or {}) / 1024)) + ledger for w in writes)
 
-    def write(self, items: Sequence[Item]) -> WriteOutcome:
+    def write(self, writes: Sequence[Write]) -> WriteOutcome:
         out = WriteOutcome()
-        per_call = MAX_ACTIONS // self.stride
-        for start in range(0, len(items), per_call):
-            self._write_chunk(list(items[start:start + per_call]), out)
+        for start in range(0, len(writes), self.per_call):
+            chunk = list(writes[start:start + self.per_call])
+            self.bucket.take(self._units(chunk))
+            result = self.writer.apply(chunk, self.clock.monotonic() + self.budget, NEVER_SEEN)
+            out.written += len(result.applied)
+            out.skipped += len(result.stale) + len(result.duplicate)  # the stream (or a pass) had the key
+            out.failed += [(w.key_id, why) for w, why in result.failed]
         return out
-
-    def _write_chunk(self, pending: list[Item], out: WriteOutcome) -> None:
-        self.bucket.take(self._units(pending))
-        deadline = self.clock.monotonic() + self.budget
-        attempt = 0
-        while pending:
-            try:
-                self.spec.client.transact_write_items(
-                    TransactItems=[a for i in pending for a in self._actions(i)])
-                out.written += len(pending)
-                return
-            except ClientError as exc:
-                code = error_code(exc)
-                reasons = exc.response.get("CancellationReasons") or []
-                if code == "TransactionCanceledException" and len(reasons) == self.stride * len(pending):
-                    pending, pause = self._sort(pending, reasons, out)
-                    if not pause:
-                        continue
-                elif classify(exc) == "invalid":
-                    if len(pending) == 1:
-                        out.failed.append((self._kid(pending[0]), f"{code}: {exc}"))
-                        return
-                    half = len(pending) // 2
-                    self._write_chunk(pending[:half], out)
-                    self._write_chunk(pending[half:], out)
-                    return
-                last = f"{code}: {exc}"
-            except BotoCoreError as exc:
-                last = f"{type(exc).__name__}: {exc}"
-            if pending and not self.backoff.wait(self.clock, attempt, deadline):
-                out.failed += [(self._kid(i), f"retry budget spent; last error {last}") for i in pending]
-                return
-            attempt += 1
-
-    def _sort(self, pending: list[Item], reasons: list[dict[str, Any]],
-              out: WriteOutcome) -> tuple[list[Item], bool]:
-        retry: list[Item] = []
-        pause = False
-        for n, item in enumerate(pending):
-            codes = [reasons[n * self.stride + j].get("Code", "None") for j in range(self.stride)]
-            if codes[0] == "ConditionalCheckFailed":
-                out.skipped += 1  # the stream (or an earlier pass) already had this key
-            elif "ValidationError" in codes:
-                out.failed.append((self._kid(item), f"ValidationError: {reasons[n * self.stride]}"))
-            else:
-                pause = pause or any(c not in ("None", "") for c in codes)
-                retry.append(item)
-        return retry, pause or len(retry) == len(pending)
-
-    def _kid(self, item: Item) -> str:
-        return key_id(key_of(item, self.key_names))
 
 
 # -- the backfill -----------------------------------------------------------------------------
@@ -391,6 +345,7 @@ def backfill(
     on_page: Callable[[int, int], None] | None = None,
     progress: Callable[[Progress], None] | None = None,
     progress_every: float = 5.0,
+    write_budget_seconds: float = 60.0,
 ) -> BackfillReport:
     """Scan `source_table` in `state.total` parallel segments and write it into `targets`.
 
@@ -400,10 +355,11 @@ def backfill(
     key_names = key_names_of(source, source_table)
     reads = TokenBucket(read_units_per_second, clock)
     writes = TokenBucket(write_units_per_second, clock)
-    writers = {t.name: UnseenWriter(t, key_names, clock, writes) for t in targets}
+    fenced = {t.name: writer_for(t, clock) for t in targets}
+    writers = {t.name: UnseenWriter(t, fenced[t.name], clock, writes, write_budget_seconds) for t in targets}
     try:
         estimate = int(source.describe_table(TableName=source_table)["Table"].get("ItemCount", 0))
-    except ClientError:
+    except Exception:  # noqa: BLE001 - the estimate only feeds the progress report
         estimate = 0
     already = sum(s.scanned for s in state.segments)
     started = clock.monotonic()
@@ -467,6 +423,9 @@ def backfill(
             except BaseException as exc:  # noqa: BLE001 - re-raised below, after every segment stopped
                 stop.set()
                 first_error.append(exc)
+    for t in targets:
+        if t.writer is None:  # built here: closed here
+            getattr(fenced[t.name], "close", lambda: None)()
     if first_error:
         raise first_error[0]
     report_progress(force=True)
@@ -474,22 +433,23 @@ def backfill(
 
 
 def _shape_all(spec: TargetSpec, source_table: str, key_names: Sequence[str],
-               items: Sequence[Item]) -> tuple[list[Item], int, list[tuple[str, str]]]:
-    shaped: list[Item] = []
+               items: Sequence[Item]) -> tuple[list[Write], int, list[tuple[str, str]]]:
+    shaped: list[Write] = []
     filtered = 0
     failed: list[tuple[str, str]] = []
     for item in items:
+        change = backfill_change(source_table, key_names, item)
         try:
-            out = shape_item(spec.rule, source_table, key_names, item)
+            out = spec.rule.shape(change)
         except Exception as exc:  # noqa: BLE001 - user transform: report, never stop the scan
-            failed.append((key_id(key_of(item, key_names)), f"transform failed: {exc!r}"))
+            failed.append((change.key_id, f"transform failed: {exc!r}"))
             continue
         if out is None:
             filtered += 1
         elif item_size(out) > MAX_ITEM_BYTES:
-            failed.append((key_id(key_of(item, key_names)), "item exceeds 400 KB after projection/transform"))
+            failed.append((change.key_id, "item exceeds 400 KB after projection/transform"))
         else:
-            shaped.append(out)
+            shaped.append(Write(spec.name, change.key, change.key_id, BACKFILL_VERSION, out, change, ()))
     return shaped, filtered, failed
 
 

@@ -20,8 +20,8 @@ from botocore.credentials import AssumeRoleCredentialFetcher, DeferredRefreshabl
 
 from kcl_app.adapters.clock import SystemClock
 from kcl_app.adapters.dead_letters import DirectoryDeadLetters, RoutedDeadLetters, S3Payloads, SqsDeadLetters
-from kcl_app.adapters.inline_writer import InlineWriter
-from kcl_app.adapters.ledger_writer import LedgerWriter, ensure_ledger
+from kcl_app.adapters.inline import InlineWriter
+from kcl_app.adapters.ledger import LedgerWriter, ensure_ledger
 from kcl_app.adapters.metrics import EmfMetrics
 from kcl_app.config import Config, DeadLetterConfig, TargetConfig
 from kcl_app.pipeline import POISON_STORE, UNMAPPED_STORE, Pipeline

@@ -16,10 +16,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Literal
 
-from kcl_app.adapters.retry import Backoff
 from kcl_app.core.errors import ParkFailed, PoisonRecord
-from kcl_app.core.plan import TargetPlan, TargetRule, plan_batch, safe_checkpoint
+from kcl_app.core.plan import TargetPlan, TargetRule, Write, plan_batch, safe_checkpoint
 from kcl_app.core.records import Change, RawRecord, decode
+from kcl_app.core.retry import WRITES, Backoff, ErrorInfo, RetryBudgetSpent, until
 from kcl_app.core.versions import Precision
 from kcl_app.ports import ApplyResult, Clock, DeadLetter, DeadLetterSink, Metrics, TargetWriter
 
@@ -178,11 +178,22 @@ class Pipeline:
     def _apply(self, name: str, plan: TargetPlan, deadline: float) -> ApplyResult:
         if not plan.writes:
             return ApplyResult()
+        return self._isolate(name, list(plan.writes), deadline, first=True)
+
+    def _isolate(self, name: str, writes: list[Write], deadline: float, first: bool = False) -> ApplyResult:
+        """Apply `writes`; if the writer raises (a bug, a malformed item), split them in halves until
+        the write that raises stands alone: only that one fails, with the exception as its reason."""
         try:
-            return self.writers[name].apply(plan.writes, deadline)
+            return self.writers[name].apply(writes, deadline)
         except Exception as exc:  # a writer bug must park, not lose or crash the shard
-            log.exception("target %s: writer raised", name)
-            return ApplyResult(failed=[(w, f"writer error: {exc!r}") for w in plan.writes])
+            if first:
+                log.exception("target %s: writer raised; isolating the writes that raise", name)
+            if len(writes) == 1:
+                return ApplyResult(failed=[(writes[0], f"writer error: {exc!r}")])
+            half = len(writes) // 2
+            result = self._isolate(name, writes[:half], deadline)
+            result.merge(self._isolate(name, writes[half:], deadline))
+            return result
 
     def _letter(self, store: str, reason: str, raw: RawRecord | None, change: Change | None = None) -> DeadLetter:
         raw = raw or RawRecord(b"", "")
@@ -208,16 +219,12 @@ class Pipeline:
                 continue
             seen.add(id(letter))
             unique.append(letter)
-        deadline = self.clock.monotonic() + 10.0
-        attempt = 0
-        while True:
-            try:
-                self.dead_letters.park(unique)
-                return set()
-            except ParkFailed as exc:
-                if not self.backoff.wait(self.clock, attempt, deadline):
-                    log.critical("cannot park %d entries, nothing past them will be checkpointed: %s",
-                                 len(unique), exc)
-                    return {i for i, _ in letters}
-                attempt += 1
-
+        try:
+            until(self.clock, self.clock.monotonic() + 10.0, lambda: self.dead_letters.park(unique),
+                  lambda exc: ErrorInfo("ParkFailed", 0, str(exc)), backoff=self.backoff, retry_on=WRITES,
+                  exceptions=(ParkFailed,))
+            return set()
+        except RetryBudgetSpent as spent:
+            log.critical("cannot park %d entries, nothing past them will be checkpointed: %s",
+                         len(unique), spent.last.message)
+            return {i for i, _ in letters}

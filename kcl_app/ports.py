@@ -6,7 +6,10 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
+from kcl_app.core.attrs import Item
+from kcl_app.core.fence import NEWER_THAN_SEEN, Guard
 from kcl_app.core.plan import Write
+from kcl_app.core.versions import Version
 
 Outcome = Literal["applied", "stale", "duplicate"]
 
@@ -43,6 +46,19 @@ class TargetWriter(Protocol):
 
         Idempotent: re-applying a write is a no-op. Retries transient failures until the
         monotonic `deadline`, then reports what is left in `failed`. Never raises for AWS errors."""
+        ...
+
+
+class GuardedWriter(TargetWriter, Protocol):
+    """A TargetWriter that takes any guard of the fence (backfill, repair), not only the stream's."""
+
+    def apply(self, writes: Sequence[Write], deadline: float, guard: Guard = NEWER_THAN_SEEN) -> ApplyResult:
+        """As TargetWriter.apply, on `guard` (see kcl_app.core.fence for what each guard means)."""
+        ...
+
+    def seen(self, key: Item, key_id: str, deadline: float) -> tuple[bool, Version | None]:
+        """(the target knows the key, the version it holds for it), by a consistent read. Raises
+        RetryBudgetSpent when it cannot be read by `deadline`."""
         ...
 
 

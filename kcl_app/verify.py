@@ -35,21 +35,19 @@ from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import Any, Literal
 
-from botocore.exceptions import BotoCoreError, ClientError
-
-from kcl_app.adapters.ledger_writer import LEDGER_DELETED, LEDGER_EXPIRES, LEDGER_KEY, LEDGER_VERSION
-from kcl_app.adapters.retry import Backoff, error_code
-from kcl_app.backfill import TargetSpec, call, key_names_of, scan_pages, shape_item
+from kcl_app.backfill import TargetSpec, call, key_names_of, scan_pages, shape_item, writer_for
 from kcl_app.core.attrs import AttributeValue, Item, item_to_wire, key_id, key_of
-from kcl_app.core.versions import Version
-from kcl_app.ports import Clock
+from kcl_app.core.fence import REPAIR_SUFFIX, StillAt, repair_version
+from kcl_app.core.plan import Write
+from kcl_app.core.records import Change
+from kcl_app.core.retry import Backoff
+from kcl_app.ports import Clock, GuardedWriter
 
 log = logging.getLogger("tablesync.verify")
 
 Kind = Literal["missing", "extra", "different"]
 Problem = Literal["missing_in_target", "extra_in_target", "type", "value", "transform_failed"]
 RepairOutcome = Literal["repaired", "superseded", "failed"]
-REPAIR_SUFFIX = "repair"
 BATCH_GET = 100
 
 
@@ -218,7 +216,8 @@ class Verifier:
     def __init__(self, source: Any, source_table: str, targets: Sequence[TargetSpec], clock: Clock, *,
                  segments: int = 4, sample: float = 1.0, seed: int | None = None,
                  page_limit: int | None = None, backoff: Backoff | None = None,
-                 progress: Callable[[VerifyProgress], None] | None = None, progress_every: float = 5.0) -> None:
+                 progress: Callable[[VerifyProgress], None] | None = None, progress_every: float = 5.0,
+                 repair_budget_seconds: float = 30.0) -> None:
         if not 0.0 < sample <= 1.0:
             raise ValueError("sample must be in (0, 1]")
         self.source = source
@@ -238,6 +237,8 @@ class Verifier:
         self._scanned = 0
         self._last_report = 0.0
         self._report: VerifyReport | None = None
+        self.repair_budget = repair_budget_seconds
+        self._writers: dict[str, GuardedWriter] = {}
 
     def run(self, repair: bool = False) -> VerifyReport:
         self.key_names = key_names_of(self.source, self.source_table)
@@ -264,7 +265,7 @@ class Verifier:
         if self.progress is not None:
             try:
                 estimate = int(client.describe_table(TableName=table)["Table"].get("ItemCount", 0))
-            except (ClientError, BotoCoreError):
+            except Exception:  # noqa: BLE001 - the estimate only feeds the progress report
                 estimate = 0
         with self._lock:
             self._phase = (name, estimate, self.clock.monotonic())
@@ -414,81 +415,39 @@ class Verifier:
                 self.key_names = key_names_of(self.source, self.source_table)
             src = self._get(self.source, self.source_table, key)
             desired = shape_item(spec.rule, self.source_table, self.key_names, src) if src else None
-            if spec.mode == "exact":
-                return self._repair_exact(spec, key, desired)
-            return self._repair_inline(spec, key, desired)
+            return self._repair(spec, key, desired)
         except Exception as exc:  # noqa: BLE001 - reported per key; the run goes on
             log.error("target %s: repair of %s failed: %r", spec.name, key_id(key), exc)
             return "failed"
 
-    def _repair_exact(self, spec: TargetSpec, key: Item, desired: Item | None) -> RepairOutcome:
+    def _writer(self, spec: TargetSpec) -> GuardedWriter:
+        with self._lock:
+            if spec.name not in self._writers:
+                self._writers[spec.name] = writer_for(spec, self.clock)
+            return self._writers[spec.name]
+
+    def _repair(self, spec: TargetSpec, key: Item, desired: Item | None) -> RepairOutcome:
+        """Steps 1-3 of the module docstring, through the target's fenced writer (`StillAt`)."""
+        writer = self._writer(spec)
         kid = key_id(key)
-        row = self._get(spec.client, str(spec.ledger_table), {LEDGER_KEY: {"S": kid}})
-        names = {"#k": LEDGER_KEY, "#v": LEDGER_VERSION}
-        values: dict[str, Any] = {}
-        if row is not None and LEDGER_VERSION in row:
-            seen = Version.from_token(row[LEDGER_VERSION]["S"])
-            new = Version(seen.micros, f"{seen.tiebreak}#{REPAIR_SUFFIX}")
-            condition = "#v = :seen"
-            values[":seen"] = row[LEDGER_VERSION]
-        else:
-            new = Version(0, REPAIR_SUFFIX)
-            condition = ("attribute_exists(#k) AND attribute_not_exists(#v)" if row is not None
-                         else "attribute_not_exists(#k)")
-        ledger_row: Item = {LEDGER_KEY: {"S": kid}, LEDGER_VERSION: {"S": new.token()},
-                            LEDGER_DELETED: {"BOOL": desired is None}}
-        if desired is None:
-            ledger_row[LEDGER_EXPIRES] = {"N": str(int(self.clock.now() + spec.tombstone_ttl_seconds))}
-        used = {k: v for k, v in names.items() if k in condition}  # DynamoDB refuses unused names
-        put: dict[str, Any] = {"TableName": spec.ledger_table, "Item": ledger_row,
-                               "ConditionExpression": condition, "ExpressionAttributeNames": used}
-        if values:
-            put["ExpressionAttributeValues"] = values
-        target: dict[str, Any] = ({"Delete": {"TableName": spec.table, "Key": key}} if desired is None
-                                  else {"Put": {"TableName": spec.table, "Item": desired}})
-        return self._fenced(lambda: spec.client.transact_write_items(TransactItems=[{"Put": put}, target]))
+        deadline = self.clock.monotonic() + self.repair_budget
+        exists, seen = writer.seen(key, kid, deadline)  # 1
+        if spec.mode == "inline" and not exists and desired is None:
+            return "repaired"  # nothing to delete, and inline keeps no tombstone
+        version = repair_version(seen)
+        change = Change(table=self.source_table, event="REMOVE" if desired is None else "MODIFY", key=key,
+                        key_id=kid, new_image=desired, version=version, ttl_delete=False, event_id=REPAIR_SUFFIX)
+        result = writer.apply([Write(spec.name, key, kid, version, desired, change, ())], deadline, StillAt(seen))  # 2
+        if result.applied:
+            return "repaired"
+        if result.stale or result.duplicate:
+            return "superseded"  # 3
+        log.error("target %s: repair of %s failed: %s", spec.name, kid, result.failed[0][1] if result.failed else "?")
+        return "failed"
 
-    def _repair_inline(self, spec: TargetSpec, key: Item, desired: Item | None) -> RepairOutcome:
-        current = self._get(spec.client, spec.table, key)
-        names = {"#pk": self.key_names[0], "#va": spec.version_attribute}
-        values: dict[str, Any] = {}
-        if current is None:
-            if desired is None:
-                return "repaired"
-            new, condition = Version(0, REPAIR_SUFFIX), "attribute_not_exists(#pk)"
-        elif spec.version_attribute in current:
-            seen = Version.from_token(current[spec.version_attribute]["S"])
-            new, condition = Version(seen.micros, f"{seen.tiebreak}#{REPAIR_SUFFIX}"), "#va = :seen"
-            values[":seen"] = current[spec.version_attribute]
-        else:
-            new, condition = Version(0, REPAIR_SUFFIX), "attribute_exists(#pk) AND attribute_not_exists(#va)"
-        used = {k: v for k, v in names.items() if k in condition}
-        common: dict[str, Any] = {"TableName": spec.table, "ConditionExpression": condition,
-                                  "ExpressionAttributeNames": used}
-        if values:
-            common["ExpressionAttributeValues"] = values
-        if desired is None:
-            return self._fenced(lambda: spec.client.delete_item(Key=key, **common))
-        item = {**desired, spec.version_attribute: {"S": new.token()}}
-        return self._fenced(lambda: spec.client.put_item(Item=item, **common))
-
-    def _fenced(self, write: Any) -> RepairOutcome:
-        deadline = self.clock.monotonic() + 30.0
-        attempt = 0
-        while True:
-            try:
-                write()
-                return "repaired"
-            except ClientError as exc:
-                code = error_code(exc)
-                reasons = exc.response.get("CancellationReasons") or [{}]
-                if code == "ConditionalCheckFailedException" or (
-                        code == "TransactionCanceledException" and reasons[0].get("Code") == "ConditionalCheckFailed"):
-                    return "superseded"
-                last: Exception = exc
-            except BotoCoreError as exc:
-                last = exc
-            if not self.backoff.wait(self.clock, attempt, deadline):
-                log.error("repair gave up: %r", last)
-                return "failed"
-            attempt += 1
+    def close(self) -> None:
+        """Release the writers built for repairs (the ones the specs did not carry)."""
+        for spec in self.targets:
+            writer = self._writers.pop(spec.name, None)
+            if writer is not None and spec.writer is None:
+                getattr(writer, "close", lambda: None)()

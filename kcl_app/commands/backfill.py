@@ -24,7 +24,7 @@ import boto3
 from botocore.exceptions import BotoCoreError, ClientError
 
 from kcl_app.adapters.clock import SystemClock
-from kcl_app.adapters.ledger_writer import ensure_ledger
+from kcl_app.adapters.ledger import ensure_ledger
 from kcl_app.adapters.retry import error_code
 from kcl_app.backfill import BackfillState, Progress, TargetSpec, backfill
 from kcl_app.commands import described

@@ -14,7 +14,7 @@ import boto3
 import pytest
 
 from kcl_app.adapters.dead_letters import DirectoryDeadLetters
-from kcl_app.adapters.ledger_writer import LedgerWriter, ensure_ledger
+from kcl_app.adapters.ledger import LedgerWriter, ensure_ledger
 from kcl_app.adapters.metrics import RecordingMetrics
 from kcl_app.backfill import BACKFILL_VERSION, BackfillState, TargetSpec, TokenBucket, backfill
 from kcl_app.commands import backfill as backfill_cmd

@@ -19,7 +19,7 @@ import pytest
 from botocore.exceptions import ClientError
 
 from kcl_app.adapters.dead_letters import DirectoryDeadLetters
-from kcl_app.adapters.ledger_writer import LedgerWriter, ensure_ledger
+from kcl_app.adapters.ledger import LedgerWriter, ensure_ledger
 from kcl_app.adapters.metrics import RecordingMetrics
 from kcl_app.adapters.retry import Backoff
 from kcl_app.core.attrs import MAX_ITEM_BYTES, Item

@@ -1,6 +1,6 @@
 """Inline mode through the pipeline: convergence without deletes, and its documented weakness around deletes.
 
-The weakness, as the inline_writer docstring states it: a put that is older than an applied delete and
+The weakness, as the inline module docstring states it: a put that is older than an applied delete and
 arrives after it re-creates the item with its old content, until a newer change of that key arrives.
 The same delivery through exact mode (ledger tombstones) does not re-create it: the weakness is of the
 mode, not of the test.
@@ -19,8 +19,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from kcl_app.adapters.dead_letters import DirectoryDeadLetters
-from kcl_app.adapters.inline_writer import InlineWriter
-from kcl_app.adapters.ledger_writer import LedgerWriter, ensure_ledger
+from kcl_app.adapters.inline import InlineWriter
+from kcl_app.adapters.ledger import LedgerWriter, ensure_ledger
 from kcl_app.adapters.metrics import RecordingMetrics
 from kcl_app.adapters.retry import Backoff
 from kcl_app.core.attrs import Item

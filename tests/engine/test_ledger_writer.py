@@ -11,7 +11,7 @@ import boto3
 import pytest
 from botocore.exceptions import ClientError
 
-from kcl_app.adapters.ledger_writer import MAX_PAIRS, LedgerWriter, ensure_ledger
+from kcl_app.adapters.ledger import MAX_PAIRS, LedgerWriter, ensure_ledger
 from kcl_app.adapters.retry import Backoff
 from kcl_app.core.attrs import Item, key_id
 from kcl_app.core.plan import Write

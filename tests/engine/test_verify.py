@@ -10,7 +10,7 @@ from typing import Any
 import boto3
 import pytest
 
-from kcl_app.adapters.ledger_writer import LedgerWriter, ensure_ledger
+from kcl_app.adapters.ledger import LedgerWriter, ensure_ledger
 from kcl_app.backfill import BackfillState, TargetSpec, backfill
 from kcl_app.commands import verify as verify_cmd
 from kcl_app.core.attrs import Item, key_id
