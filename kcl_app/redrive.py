@@ -81,20 +81,32 @@ def redrive(pipeline: Pipeline, sink: DeadLetterSink, target: str, batch_size: i
     report = RedriveReport(target)
     batch: list[tuple[str, RawRecord]] = []
 
-    def flush() -> None:
-        if not batch:
-            return
-        records = [raw for _, raw in batch]
-        result = pipeline.process(records, only=None if stream_wide else [target])
+    def run(entries: list[tuple[str, RawRecord]]) -> list[tuple[str, RawRecord]]:
+        """Process `entries` together; remove the settled ones; return those left unsettled."""
+        try:
+            result = pipeline.process([raw for _, raw in entries], only=None if stream_wide else [target])
+        except Exception:  # the pipeline should not raise; if it does, nothing of this batch is settled
+            log.exception("redrive %s: a batch of %d entries raised", target, len(entries))
+            return entries
         for counts in result.targets.values():
             report.applied += counts.applied
             report.stale += counts.stale + counts.duplicate + counts.coalesced
             report.still_failing += counts.parked
         if stream_wide:
             report.still_failing += result.poison + result.unmapped
-        settled = [handle for i, (handle, _) in enumerate(batch) if i <= result.checkpoint_index]
+        settled = [handle for i, (handle, _) in enumerate(entries) if i not in result.unsettled]
         sink.remove(target, settled)
         report.removed += len(settled)
+        return [entry for i, entry in enumerate(entries) if i in result.unsettled]
+
+    def flush() -> None:
+        if not batch:
+            return
+        left = run(list(batch))
+        if len(left) > 1:  # one entry's failure must not keep the others: each is tried on its own
+            left = [entry for one in left for entry in run([one])]
+        if left:
+            log.warning("redrive %s: %d entries could not be settled, kept for the next run", target, len(left))
         batch.clear()
         if progress is not None:
             progress(report)
