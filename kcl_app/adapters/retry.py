@@ -3,7 +3,13 @@
 
 from __future__ import annotations
 
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    NoCredentialsError,
+    ParamValidationError,
+    PartialCredentialsError,
+)
 
 from kcl_app.core.retry import Backoff, ErrorInfo, Kind
 from kcl_app.core.retry import classify as classify_info
@@ -17,7 +23,11 @@ def describe(exc: BaseException) -> ErrorInfo:
         error = exc.response.get("Error", {})
         status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
         return ErrorInfo(str(error.get("Code", "ClientError")), status, str(error.get("Message", "")))
-    if isinstance(exc, BotoCoreError):
+    if isinstance(exc, ParamValidationError):  # refused before sending: the request itself is wrong
+        return ErrorInfo(type(exc).__name__, 0, str(exc), "local")
+    if isinstance(exc, NoCredentialsError | PartialCredentialsError):  # like an expired token
+        return ErrorInfo(type(exc).__name__, 0, str(exc), "service")
+    if isinstance(exc, BotoCoreError):  # no answer: connection, timeout
         return ErrorInfo(type(exc).__name__, 0, str(exc), "transport")
     return ErrorInfo(type(exc).__name__, 0, repr(exc), "local")
 

@@ -207,3 +207,40 @@ def test_the_budget_ends_retries_and_reports_the_last_error(env, clock) -> None:
     assert clock.monotonic() <= deadline
     assert result.retries == len(clock.slept) >= 3
     assert items(client, writer.table) == {}
+
+
+def test_a_write_that_raises_is_isolated_and_fails_alone(env, clock) -> None:
+    writer, recording, client = env
+    writes = [write(f"k{i}", 100 + i, {"n": {"N": str(i)}}) for i in range(10)]
+    writes[4] = write("k4", 104, {"n": {"N": 7}})  # malformed: the client refuses to build the request
+    result = writer.apply(writes, FAR)
+    assert sorted(w.key["pk"]["S"] for w in result.applied) == sorted(f"k{i}" for i in range(10) if i != 4)
+    assert [(w.key["pk"]["S"], why.split(":")[0]) for w, why in result.failed] == [("k4", "ParamValidationError")]
+    assert set(items(client, writer.table)) == {f"k{i}" for i in range(10) if i != 4}
+    assert result.retries == 0 and clock.slept == []  # refused for good: split, never retried
+
+
+def test_no_chunk_is_started_after_the_deadline(env, clock) -> None:
+    writer, recording, client = env
+    result = writer.apply([write("k1", 1), write("k2", 2)], clock.monotonic())
+    assert recording.calls == [] and len(result.failed) == 2
+    assert "before the write was sent" in result.failed[0][1]
+
+
+def test_the_guards_of_the_fence(env, clock) -> None:
+    from kcl_app.core.fence import NEVER_SEEN, StillAt
+
+    writer, recording, client = env
+    assert len(writer.apply([write("k1", 50, {"n": {"N": "1"}})], FAR).applied) == 1
+    # never seen: a key with a ledger row is skipped (stale), a fresh one lands
+    result = writer.apply([write("k1", 0, {"n": {"N": "0"}}), write("k2", 0, {"n": {"N": "0"}})], FAR, NEVER_SEEN)
+    assert [w.key_id for w in result.stale] == [key_id({"pk": {"S": "k1"}})] and len(result.applied) == 1
+    assert writer.seen({"pk": {"S": "k1"}}, key_id({"pk": {"S": "k1"}}), FAR) == (True, Version(50, "e-k1-50"))
+    assert writer.seen({"pk": {"S": "k9"}}, key_id({"pk": {"S": "k9"}}), FAR) == (False, None)
+    # still at: only when the row still holds the version read before
+    moved = writer.apply([write("k1", 60, {"n": {"N": "2"}})], FAR, StillAt(Version(40, "e-k1-40")))
+    assert len(moved.stale) == 1 and len(moved.duplicate) == 0
+    held = writer.apply([write("k1", 60, {"n": {"N": "3"}})], FAR, StillAt(Version(50, "e-k1-50")))
+    assert len(held.applied) == 1
+    assert items(client, writer.table)["k1"]["n"] == {"N": "3"}
+    assert len(writer.apply([write("k3", 1, {"n": {"N": "1"}})], FAR, StillAt(None)).applied) == 1
