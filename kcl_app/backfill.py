@@ -12,8 +12,9 @@ Steps of one page (one segment of a parallel Scan, `ConsistentRead=True`):
 
 1. scan the page (after taking its read units from the read bucket);
 2. shape each item for each target (projection, transform), as the stream path would;
-3. write, per target, transactions of up to 50 (ledger Put + item Put) pairs, or 100 inline Puts;
-   a cancelled entry whose condition failed is *skipped: the stream already had it*;
+3. write, per target, through its fenced writer with the `NeverSeen` guard (exact: transactions of up
+   to 50 ledger Put + item Put pairs; inline: one conditional PutItem per item); a write whose
+   condition failed is *skipped: the stream already had it*;
 4. save the segment's progress (LastEvaluatedKey, counts) atomically in the state file;
 5. report progress; a rerun resumes every unfinished segment from its saved key.
 
@@ -272,8 +273,9 @@ class UnseenWriter:
         self.per_call = MAX_ACTIONS // (2 if spec.mode == "exact" else 1)
 
     def _units(self, writes: Sequence[Write]) -> float:
-        ledger = 2.0 if self.spec.mode == "exact" else 0.0  # transactional writes cost 2 units per KB
-        return sum(2.0 * max(1, math.ceil(item_size(w.item or {}) / 1024)) + ledger for w in writes)
+        # exact: a transaction (2 units per KB of the item, 2 for the ledger row); inline: 1 unit per KB
+        per_kb, ledger = (2.0, 2.0) if self.spec.mode == "exact" else (1.0, 0.0)
+        return sum(per_kb * max(1, math.ceil(item_size(w.item or {}) / 1024)) + ledger for w in writes)
 
     def write(self, writes: Sequence[Write]) -> WriteOutcome:
         out = WriteOutcome()

@@ -3,7 +3,10 @@
 Safe at any time and any number of times: each parked change is applied with its original
 version, so one that a newer change has superseded is a stale no-op. An entry is removed from
 the store only once it is settled (applied, stale, duplicate, or parked again with a fresh
-reason, in which case the new entry replaces it).
+reason, in which case the new entry replaces it). Entries are replayed in batches; the entries of a
+batch that are left unsettled (their re-parking failed, or the batch raised) are tried again one by
+one, so that one entry's failure never keeps the others in the store. A settled entry of that batch
+is counted once per pass that settled or re-parked it.
 
 Replaying an old change is only safe while the fence still remembers every newer change of its
 key. In `exact` mode a delete's tombstone lives for the tombstone TTL; once it has expired, a
