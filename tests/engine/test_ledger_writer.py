@@ -244,3 +244,52 @@ def test_the_guards_of_the_fence(env, clock) -> None:
     assert len(held.applied) == 1
     assert items(client, writer.table)["k1"]["n"] == {"N": "3"}
     assert len(writer.apply([write("k3", 1, {"n": {"N": "1"}})], FAR, StillAt(None)).applied) == 1
+
+
+class Chaotic:
+    """A client whose every TransactWriteItems call ends at random: success, a cancellation with a
+    random reason per action, a refused request, throttling, a connection error or a local exception.
+    Stores what succeeds, so the outcome can be checked against it."""
+
+    REASONS = ["None", "ConditionalCheckFailed", "ValidationError", "ItemCollectionSizeLimitExceeded",
+               "TransactionConflict", "ThrottlingError"]
+
+    def __init__(self, rng: random.Random) -> None:
+        self.rng = rng
+        self.stored: set[str] = set()
+        self.calls = 0
+
+    def transact_write_items(self, TransactItems: list[dict[str, Any]]) -> Any:  # noqa: N803
+        from botocore.exceptions import EndpointConnectionError
+
+        self.calls += 1
+        roll = self.rng.random()
+        if roll < 0.3:
+            self.stored |= {a["Put"]["Item"]["k"]["S"] for a in TransactItems[::2]}
+            return {}
+        if roll < 0.7:
+            reasons = [{"Code": self.rng.choice(self.REASONS)} for _ in TransactItems]
+            if all(r["Code"] == "None" for r in reasons):
+                reasons[0]["Code"] = "TransactionConflict"
+            raise client_error("TransactionCanceledException", "cancelled", reasons)
+        if roll < 0.8:
+            raise client_error("ValidationException", "refused")
+        if roll < 0.9:
+            raise client_error("ThrottlingException", "slow down")
+        if roll < 0.95:
+            raise EndpointConnectionError(endpoint_url="https://dynamodb.example")
+        raise TypeError("a local failure")
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_every_write_ends_in_exactly_one_outcome(seed: int, clock) -> None:
+    client = Chaotic(random.Random(seed))
+    writer = LedgerWriter("t", client, "target", "ledger", clock, backoff=Backoff(rng=random.Random(seed)))
+    writes = [write(f"k{i}", 10 + i, {"n": {"N": str(i)}}) for i in range(random.Random(seed).randint(1, 130))]
+    result = writer.apply(writes, clock.monotonic() + 30.0)
+    outcomes = ([w.key_id for w in result.applied] + [w.key_id for w in result.stale]
+                + [w.key_id for w in result.duplicate] + [w.key_id for w, _ in result.failed])
+    assert sorted(outcomes) == sorted(w.key_id for w in writes)  # each write exactly once
+    assert {w.key_id for w in result.applied} <= client.stored  # applied only if a call carrying it succeeded
+    assert all(why for _, why in result.failed)
+    writer.close()
