@@ -16,9 +16,10 @@ Repair (`repair=True`) goes through the fenced path and never overwrites data ne
 read. Exact mode, per divergent key:
 
 1. read the ledger row's version V and the source item (both consistent);
-2. write, in one transaction, the ledger row at V' = (V.micros, V.tiebreak + "#repair") on the
-   condition that the row is still at V (or still absent), and the item Put/Delete;
-3. a cancelled condition means a newer change landed in between: counted `superseded`, untouched.
+2. write, through the target's fenced writer with the guard `StillAt(V)`, the ledger row at
+   V' = (V.micros, V.tiebreak + "#repair") and the item Put/Delete (one transaction), on the
+   condition that the row still holds V (or still holds no version);
+3. a failed condition means a newer change landed in between: counted `superseded`, untouched.
 
 V' sorts just above V: any change with a later timestamp still wins over the repair, any change
 that V already beat still loses. Inline mode does the same with the item's version attribute.
