@@ -106,7 +106,7 @@ def redrive(pipeline: Pipeline, sink: DeadLetterSink, target: str, batch_size: i
         if not batch:
             return
         left = run(list(batch))
-        if len(left) > 1:  # one entry's failure must not keep the others: each is tried on its own
+        if left and len(batch) > 1:  # one entry's failure must not keep the others: each is tried alone
             left = [entry for one in left for entry in run([one])]
         if left:
             log.warning("redrive %s: %d entries could not be settled, kept for the next run", target, len(left))
