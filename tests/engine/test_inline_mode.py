@@ -161,3 +161,63 @@ def test_exact_mode_does_not_have_that_weakness(clock) -> None:
         assert scan_all(client, table) == {}
     finally:
         pipeline.close()
+
+
+class ChaoticInline:
+    """A client whose every PutItem/DeleteItem ends at random: success, a failed condition (with the
+    item carrying a random older, equal or newer version), refused, throttled, a connection error or a
+    local exception. Records which writes succeeded."""
+
+    def __init__(self, rng: random.Random) -> None:
+        self.rng = rng
+        self.stored: set[str] = set()
+
+    def _call(self, **kwargs: Any) -> Any:
+        from botocore.exceptions import ClientError, EndpointConnectionError
+
+        key = (kwargs.get("Item") or kwargs.get("Key") or {})["pk"]["S"]
+        roll = self.rng.random()
+        status = {"ResponseMetadata": {"HTTPStatusCode": 400}}
+        if roll < 0.3:
+            self.stored.add(key)
+            return {}
+        if roll < 0.5:
+            mine = kwargs["ExpressionAttributeValues"][":va"]["S"]
+            seen = self.rng.choice([mine, "99999999999999999999#z"])
+            raise ClientError({"Error": {"Code": "ConditionalCheckFailedException"}, "Item": {VERSION_ATTR: {"S": seen}},
+                               **status}, "PutItem")
+        if roll < 0.6:
+            raise ClientError({"Error": {"Code": "ValidationException", "Message": "no"}, **status}, "PutItem")
+        if roll < 0.8:
+            raise ClientError({"Error": {"Code": "ThrottlingException"}, **status}, "PutItem")
+        if roll < 0.9:
+            raise EndpointConnectionError(endpoint_url="https://dynamodb.example")
+        raise RecursionError("maximum recursion depth exceeded")
+
+    put_item = delete_item = _call
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_every_inline_write_ends_in_exactly_one_outcome(seed: int, clock) -> None:
+    from kcl_app.core.attrs import key_id
+    from kcl_app.core.plan import Write
+    from kcl_app.core.records import Change
+    from kcl_app.core.versions import Version
+
+    rng = random.Random(seed)
+    client = ChaoticInline(rng)
+    writer = InlineWriter("t", client, "copy", clock, VERSION_ATTR, backoff=Backoff(rng=random.Random(seed)))
+    writes = []
+    for i in range(rng.randint(1, 60)):
+        key = {"pk": {"S": f"k{i}"}}
+        item = None if i % 5 == 0 else {**key, "n": {"N": str(i)}}
+        version = Version(10 + i, f"e{i}")
+        change = Change("src", "REMOVE" if item is None else "MODIFY", key, key_id(key), item, version, False, "e")
+        writes.append(Write("t", key, key_id(key), version, item, change, (i,)))
+    result = writer.apply(writes, clock.monotonic() + 30.0)
+    outcomes = ([w.key_id for w in result.applied] + [w.key_id for w in result.stale]
+                + [w.key_id for w in result.duplicate] + [w.key_id for w, _ in result.failed])
+    assert sorted(outcomes) == sorted(w.key_id for w in writes)
+    assert {w.key["pk"]["S"] for w in result.applied} <= client.stored
+    assert all(why for _, why in result.failed)
+    writer.close()
