@@ -184,8 +184,8 @@ class ChaoticInline:
         if roll < 0.5:
             mine = kwargs["ExpressionAttributeValues"][":va"]["S"]
             seen = self.rng.choice([mine, "99999999999999999999#z"])
-            raise ClientError({"Error": {"Code": "ConditionalCheckFailedException"}, "Item": {VERSION_ATTR: {"S": seen}},
-                               **status}, "PutItem")
+            raise ClientError({"Error": {"Code": "ConditionalCheckFailedException"},
+                               "Item": {VERSION_ATTR: {"S": seen}}, **status}, "PutItem")
         if roll < 0.6:
             raise ClientError({"Error": {"Code": "ValidationException", "Message": "no"}, **status}, "PutItem")
         if roll < 0.8:
