@@ -39,7 +39,8 @@ TRANSIENT_CODES = frozenset(
         "LimitExceededException",
     }
 )
-# The target cannot be written right now (table gone, role revoked, credentials expired).
+# The target cannot be written right now (table gone, role revoked, credentials expired). Listed for
+# the reader and the tests: every code not named above or below classifies the same way.
 UNAVAILABLE_CODES = frozenset(
     {
         "ResourceNotFoundException",
@@ -92,7 +93,7 @@ def classify(error: ErrorInfo) -> Kind:
         return "invalid"
     if error.code in TRANSIENT_CODES or error.status >= 500:
         return "transient"
-    return "unavailable"
+    return "unavailable"  # UNAVAILABLE_CODES, and any other refusal the service gives
 
 
 def classify_reason(code: str) -> Literal["ok", "condition", "invalid", "transient"]:

@@ -104,3 +104,12 @@ def test_until_does_not_retry_what_the_loop_does_not_retry(kind_of: ErrorInfo, r
     with pytest.raises(RetryBudgetSpent) as caught:
         until(clock, clock.monotonic() + 60, attempt, lambda e: kind_of, backoff=Backoff(), retry_on=retry_on)
     assert len(made) == calls and caught.value.last == kind_of and clock.slept == []
+
+
+def test_every_listed_code_classifies_as_its_list_says() -> None:
+    from kcl_app.core.retry import INVALID_CODES, TRANSIENT_CODES, UNAVAILABLE_CODES
+
+    for codes, kind in ((TRANSIENT_CODES, "transient"), (UNAVAILABLE_CODES, "unavailable"), (INVALID_CODES, "invalid")):
+        assert {classify(ErrorInfo(code, 400)) for code in codes} == {kind}
+    assert not (TRANSIENT_CODES & UNAVAILABLE_CODES or TRANSIENT_CODES & INVALID_CODES
+                or UNAVAILABLE_CODES & INVALID_CODES)
