@@ -44,3 +44,21 @@ def test_the_ledger_attributes_and_conditions_appear_in_one_module_only() -> Non
             if re.search(needle, text):
                 owners.setdefault(needle, set()).add(str(path.relative_to(PACKAGE)))
     assert owners and all(found == {"adapters/ledger.py"} for found in owners.values()), owners
+
+
+def test_the_inline_conditions_appear_in_one_module_only() -> None:
+    from kcl_app.adapters import inline
+    from kcl_app.core.attrs import key_id
+    from kcl_app.core.plan import Write
+    from kcl_app.core.records import Change
+
+    key = {"pk": {"S": "a"}}
+    change = Change("src", "INSERT", key, key_id(key), key, Version(1, "x"), False, "x")
+    write = Write("t", key, key_id(key), Version(1, "x"), key, change, ())
+    expressions = {inline.condition(guard, write, "_v")[0]
+                   for guard in (NEWER_THAN_SEEN, NEVER_SEEN, StillAt(None), StillAt(Version(1, "x")))}
+    assert len(expressions) == 4
+    for expression in expressions:
+        found = {str(p.relative_to(PACKAGE)) for p in PACKAGE.rglob("*.py")
+                 if "local" not in p.relative_to(PACKAGE).parts and expression in p.read_text(encoding="utf-8")}
+        assert found == {"adapters/inline.py"}, (expression, found)
