@@ -19,11 +19,12 @@ import pytest
 from botocore.exceptions import ClientError, EndpointConnectionError
 
 from kcl_app.adapters.dead_letters import DirectoryDeadLetters
-from kcl_app.adapters.inline import InlineWriter
-from kcl_app.adapters.ledger import LedgerWriter, ensure_ledger
+from kcl_app.adapters.ledger import ensure_ledger
 from kcl_app.adapters.metrics import RecordingMetrics
 from kcl_app.adapters.retry import classify
 from kcl_app.backfill import BackfillState, TargetSpec, backfill
+from kcl_app.compose import make_writer
+from kcl_app.config import parse
 from kcl_app.core.plan import TargetRule
 from kcl_app.core.retry import Backoff
 from kcl_app.pipeline import Pipeline
@@ -94,9 +95,11 @@ class World:
         self.sink = DirectoryDeadLetters(tmp_path / "dead-letters")
 
     def writer(self) -> Any:
-        if self.mode == "inline":
-            return InlineWriter("t", self.client, self.copy, self.clock)
-        return LedgerWriter("t", self.client, self.copy, self.ledger, self.clock)
+        """The stream's writer, built by the composition root as `tablesync run` builds it."""
+        config = parse({"targets": [{"name": "t", "source_table": self.orders, "table": self.copy,
+                                     "region": "eu-west-1", "mode": self.mode, "ledger_table": self.ledger,
+                                     "dead_letter": {"path": str(self.tmp / "unused")}}]})
+        return make_writer(config.targets[0], config, self.clock, self.client, prepare=False)
 
     def spec(self) -> TargetSpec:
         return TargetSpec(self.rule, self.client, self.copy, self.mode,  # type: ignore[arg-type]
