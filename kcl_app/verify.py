@@ -258,6 +258,7 @@ class Verifier:
         if repair:
             for spec in self.targets:
                 self._repair_all(spec, report.targets[spec.name])
+            self.close()  # a later repair_key builds its writer again
         return report
 
     # -- progress ---------------------------------------------------------------------------
