@@ -33,6 +33,7 @@ import subprocess
 import sys
 import threading
 import time
+import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -179,6 +180,16 @@ def check_executable(value: str) -> list[str]:
     return argv
 
 
+def _check_value(what: str, value: str, key: str | None = None) -> None:
+    """Refuse a value holding a control character (or a Unicode line/paragraph separator): a line
+    break in it would end the line and start a key of its own (``kinesisEndpoint``, say) past every
+    other check, and readers disagree on the rest (Java splits lines on CR/LF only)."""
+    bad = next((ch for ch in value if unicodedata.category(ch) in ("Cc", "Zl", "Zp")), None)
+    if bad is not None:
+        raise PropertiesError(f"the value given for {what} holds the control character U+{ord(bad):04X}: "
+                              "refused (it could add properties); remove it", key)
+
+
 def _escape(value: str) -> str:
     escaped = value.replace("\\", "\\\\")
     return "\\" + escaped if escaped[:1].isspace() else escaped
@@ -200,6 +211,11 @@ def render_properties(
     in template order (overrides appended), comments dropped. Raises PropertiesError.
     """
     subs = dict(substitutions or {})
+    for name, value in subs.items():
+        _check_value(repr(name), value)
+    for key, override in (overrides or {}).items():
+        if override is not None:
+            _check_value(key, str(override), key)
     props: dict[str, str] = {}
     for key, value in parse_properties(template).items():
         check_key(key)
@@ -219,6 +235,8 @@ def render_properties(
         # The daemon applies keys in hash order: with both, which one wins is arbitrary.
         raise PropertiesError("set initialPositionInStream or initialPositionInStreamExtended, not both",
                               "initialPositionInStreamExtended")
+    for key, value in props.items():
+        _check_value(key, value, key)
     props["executableName"] = " ".join(check_executable(props["executableName"]))
     lines = ["# Rendered by tablesync (kcl_app.daemon); edit the template, not this file."]
     lines += [f"{key} = {_escape(value)}" for key, value in props.items()]

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from kcl_app.core.attrs import Item
 from kcl_app.core.errors import PoisonRecord
@@ -45,6 +45,8 @@ class RedriveReport:
     left_too_old: int = 0
     still_failing: int = 0
     removed: int = 0
+    unreadable: int = 0  # entries the store could not parse: skipped, kept, and named in `skipped`
+    skipped: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -135,5 +137,11 @@ def redrive(pipeline: Pipeline, sink: DeadLetterSink, target: str, batch_size: i
         if len(batch) >= batch_size:
             flush()
     flush()
+    # entries the store could not parse (bad JSON or base64, missing or forged fields, a payload
+    # pointer outside the configured bucket): the sink logged and kept each one; report them
+    unreadable = getattr(sink, "unreadable", None)
+    for handle, why in unreadable(target) if callable(unreadable) else []:
+        report.unreadable += 1
+        report.skipped.append(f"{handle}: {why}")
     log.info("redrive %s: %s", target, report)
     return report

@@ -136,9 +136,19 @@ class Divergence:
     attributes: list[AttrDiff] = field(default_factory=list)
     repair: RepairOutcome | None = None
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self, show_values: bool = False) -> dict[str, Any]:
+        """Attribute values (personal data, often) only with `show_values`; otherwise each differing
+        attribute is named with its problem and the types on each side."""
         return {"kind": self.kind, "key": item_to_wire(self.key), "repair": self.repair,
-                "attributes": [a.__dict__ for a in self.attributes]}
+                "attributes": [a.__dict__ if show_values else hide_values(a) for a in self.attributes]}
+
+
+def hide_values(diff: AttrDiff) -> dict[str, Any]:
+    """An AttrDiff's JSON with each side reduced to its DynamoDB type (`S`, `N`, ...)."""
+    def kind(shown: str | None) -> str | None:
+        return None if shown is None else shown.split(":", 1)[0]
+
+    return {"name": diff.name, "problem": diff.problem, "source": kind(diff.source), "target": kind(diff.target)}
 
 
 @dataclass
@@ -160,14 +170,14 @@ class TargetReport:
         """True when every divergence found was repaired (or none was found)."""
         return len(self.divergences) == self.repaired
 
-    def to_json(self, max_listed: int = 1000) -> dict[str, Any]:
+    def to_json(self, max_listed: int = 1000, show_values: bool = False) -> dict[str, Any]:
         listed = list(self.divergences.values())[:max_listed]
         return {"target": self.target, "clean": self.clean, "source_checked": self.source_checked,
                 "target_checked": self.target_checked, "in_flight": self.in_flight,
                 "missing": self.count("missing"), "extra": self.count("extra"),
                 "different": self.count("different"), "repaired": self.repaired,
                 "superseded": self.superseded, "repair_failed": self.repair_failed,
-                "divergences": [d.to_json() for d in listed],
+                "divergences": [d.to_json(show_values) for d in listed],
                 "listed": len(listed), "truncated": len(self.divergences) > len(listed)}
 
 
@@ -181,9 +191,10 @@ class VerifyReport:
     def clean(self) -> bool:
         return all(t.clean for t in self.targets.values())
 
-    def to_json(self, max_listed: int = 1000) -> dict[str, Any]:
+    def to_json(self, max_listed: int = 1000, show_values: bool = False) -> dict[str, Any]:
         return {"source_table": self.source_table, "clean": self.clean, "sample": self.sample,
-                "targets": [t.to_json(max_listed) for t in self.targets.values()]}
+                "values_shown": show_values,
+                "targets": [t.to_json(max_listed, show_values) for t in self.targets.values()]}
 
 
 @dataclass(frozen=True)

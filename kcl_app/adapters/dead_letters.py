@@ -12,6 +12,8 @@ Two stores behind the DeadLetterSink port:
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import logging
 import os
@@ -36,19 +38,84 @@ def _safe(store: str) -> str:
     return store
 
 
-class DirectoryDeadLetters:
+class Unreadable(ValueError):
+    """A stored entry that is not a dead letter this product wrote (bad JSON, bad base64, a missing
+    field, a field of the wrong type, another store's name): skipped and reported, never applied."""
+
+
+_TEXT_FIELDS = ("sequence_number", "shard_id", "key_id", "version")
+
+
+def parse_entry(doc: Any, store: str) -> DeadLetter:
+    """A dead letter from its stored JSON document, checked field by field (every stored entry is
+    untrusted: a queue or a directory can be written by something else). Raises Unreadable."""
+    if not isinstance(doc, dict):
+        raise Unreadable(f"the entry is a JSON {type(doc).__name__}, not an object")
+    for name in ("store", "reason", "data"):
+        if not isinstance(doc.get(name), str):
+            raise Unreadable(f"field {name!r} is missing or not a string")
+    if doc["store"] != store:
+        raise Unreadable(f"the entry names store {doc['store']!r}, not {store!r}")
+    for name in _TEXT_FIELDS:
+        if not isinstance(doc.get(name, ""), str):
+            raise Unreadable(f"field {name!r} is not a string")
+    parked_at = doc.get("parked_at", 0.0)
+    if isinstance(parked_at, bool) or not isinstance(parked_at, int | float):
+        raise Unreadable("field 'parked_at' is not a number")
+    try:
+        data = base64.b64decode(doc["data"], validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise Unreadable(f"field 'data' is not valid base64 ({exc})") from None
+    return DeadLetter(store=store, reason=doc["reason"], data=data, parked_at=float(parked_at),
+                      **{name: doc.get(name, "") for name in _TEXT_FIELDS})
+
+
+class _UnreadableLog:
+    """The entries a read skipped, per store, for the redrive report (`unreadable(store)`)."""
+
+    def __init__(self) -> None:
+        self._skipped: dict[str, list[tuple[str, str]]] = {}
+
+    def _skip(self, store: str, handle: str, reason: str) -> None:
+        log.error("dead-letter entry %s of store %s is unreadable and was skipped (kept as it is, for an "
+                  "operator): %s", handle, store, reason)
+        self._skipped.setdefault(store, []).append((handle, reason))
+
+    def unreadable(self, store: str) -> list[tuple[str, str]]:
+        """(handle, reason) of each entry the reads of `store` skipped so far; clears the list."""
+        return self._skipped.pop(store, [])
+
+
+class DirectoryDeadLetters(_UnreadableLog):
+    """Entries hold whole item images (personal data, often): store folders are 0700 and files
+    0600 whatever the umask; a root this store creates is 0700 too."""
+
     def __init__(self, root: str | os.PathLike[str]) -> None:
+        super().__init__()
         self.root = Path(root)
+        self._private: set[Path] = set()
+
+    def _folder(self, store: str) -> Path:
+        folder = self.root / _safe(store)
+        if folder not in self._private:
+            if not self.root.is_dir():
+                self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+                os.chmod(self.root, 0o700)
+            folder.mkdir(mode=0o700, exist_ok=True)
+            os.chmod(folder, 0o700)  # mkdir's mode is masked by the umask; an older folder may be wider
+            self._private.add(folder)
+        return folder
 
     def park(self, entries: Sequence[DeadLetter]) -> None:
         touched: set[Path] = set()
         for entry in entries:
-            folder = self.root / _safe(entry.store)
             try:
-                folder.mkdir(parents=True, exist_ok=True)
+                folder = self._folder(entry.store)
                 name = f"{int(entry.parked_at * 1000):015d}-{uuid.uuid4().hex}.json"
                 tmp = folder / f".{name}.tmp"
-                with open(tmp, "w", encoding="utf-8") as fh:
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                os.fchmod(fd, 0o600)
+                with open(fd, "w", encoding="utf-8") as fh:
                     json.dump(entry.to_json(), fh)
                     fh.flush()
                     os.fsync(fh.fileno())
@@ -68,8 +135,14 @@ class DirectoryDeadLetters:
         if not folder.is_dir():
             return
         for path in sorted(folder.glob("*.json")):
-            with open(path, encoding="utf-8") as fh:
-                yield path.name, DeadLetter.from_json(json.load(fh))
+            try:
+                with open(path, encoding="utf-8") as fh:
+                    doc = json.load(fh)
+                entry = parse_entry(doc, store)
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError, Unreadable) as exc:
+                self._skip(store, path.name, f"{type(exc).__name__}: {exc}")
+                continue
+            yield path.name, entry
 
     def remove(self, store: str, handles: Sequence[str]) -> None:
         folder = self.root / _safe(store)
@@ -112,6 +185,20 @@ class S3Payloads:
                                ContentType="application/json")
         return {"bucket": self.bucket, "key": key}
 
+    def check(self, store: str, pointer: Any) -> dict[str, str]:
+        """The pointer, if it names an object this store could have written: in the configured
+        bucket, under `<prefix><store>/`. Anything else is a forged or foreign message: Unreadable,
+        and the object it names is never read nor deleted."""
+        if not (isinstance(pointer, dict) and isinstance(pointer.get("bucket"), str)
+                and isinstance(pointer.get("key"), str)):
+            raise Unreadable("field 'payload' is not an S3 pointer (bucket and key strings)")
+        bucket, key = pointer["bucket"], pointer["key"]
+        inside = f"{self.prefix}{_safe(store)}/"
+        if bucket != self.bucket or not key.startswith(inside) or ".." in key.split("/") or len(key) > 1024:
+            raise Unreadable(f"the payload pointer s3://{bucket}/{key} is outside the configured "
+                             f"s3://{self.bucket}/{inside}; refused (the object is neither read nor deleted)")
+        return {"bucket": bucket, "key": key}
+
     def get(self, pointer: Mapping[str, str]) -> Any:
         answer = self.client.get_object(Bucket=pointer["bucket"], Key=pointer["key"])
         return json.loads(answer["Body"].read())
@@ -126,7 +213,7 @@ class S3Payloads:
                     "Objects": [{"Key": k} for k in keys[start:start + 1000]], "Quiet": True})
 
 
-class SqsDeadLetters:
+class SqsDeadLetters(_UnreadableLog):
     """One SQS queue per store (`queue_urls[store]`, or `default_url` for stores not listed).
 
     Batches are cut at 10 entries and at SQS's total size. An entry larger than one message (a
@@ -137,6 +224,7 @@ class SqsDeadLetters:
     def __init__(self, client: Any, queue_urls: Mapping[str, str], default_url: str | None = None, *,
                  payloads: S3Payloads | None = None, max_message_bytes: int = SQS_MAX_MESSAGE_BYTES,
                  max_batch_bytes: int = SQS_MAX_BATCH_BYTES) -> None:
+        super().__init__()
         self.client = client
         self.queue_urls = dict(queue_urls)
         self.default_url = default_url
@@ -236,20 +324,38 @@ class SqsDeadLetters:
                                     "the visibility timeout; run it again for the rest", store, len(held_ids))
                         held.extend(m["ReceiptHandle"] for m in messages[n:])
                         return
-                    doc = json.loads(message["Body"])
+                    message_id = message.get("MessageId", handle)
+                    try:
+                        doc = json.loads(message["Body"])
+                    except json.JSONDecodeError as exc:
+                        doc = None
+                        broken = f"the message body is not JSON ({exc})"
+                    attributes = message.get("MessageAttributes", {}).get("store", {})
+                    named = doc.get("store") if isinstance(doc, dict) else attributes.get("StringValue")
                     sent_ms = float(message.get("Attributes", {}).get("SentTimestamp", 0))
-                    if (doc.get("store") != store or message.get("MessageId") in self._reading[store]
+                    if (named != store or message.get("MessageId") in self._reading[store]
                             or sent_ms > started_ms + LATE_PARK_MS):
                         held.append(handle)
-                        held_ids.add(message.get("MessageId", handle))
+                        held_ids.add(message_id)
+                        continue
+                    if not isinstance(doc, dict):
+                        self._skip(store, message_id, broken if doc is None else "the message body is not an object")
+                        held.append(handle)
+                        held_ids.add(message_id)
                         continue
                     pointer = doc.get("payload")
                     if pointer is not None:
                         if self.payloads is None:
-                            raise ParkFailed(store, f"entry {doc.get('key_id')} is kept in s3://{pointer['bucket']}/"
-                                                    f"{pointer['key']}; set dead_letter.payload_bucket to read it")
+                            raise ParkFailed(store, f"entry {doc.get('key_id')} is kept in S3 ({pointer!r:.300}); "
+                                                    "set dead_letter.payload_bucket to read it")
                         try:
+                            pointer = self.payloads.check(store, pointer)
                             doc = self.payloads.get(pointer)
+                        except (Unreadable, json.JSONDecodeError, UnicodeDecodeError) as exc:
+                            self._skip(store, message_id, f"{type(exc).__name__}: {exc}")
+                            held.append(handle)
+                            held_ids.add(message_id)
+                            continue
                         except ClientError as exc:
                             if error_code(exc) not in ("NoSuchKey", "404"):
                                 raise
@@ -260,8 +366,16 @@ class SqsDeadLetters:
                                       pointer["key"], message.get("MessageId"))
                             held.append(handle)
                             continue
+                    try:
+                        entry = parse_entry(doc, store)
+                    except Unreadable as exc:
+                        self._skip(store, message_id, str(exc))
+                        held.append(handle)
+                        held_ids.add(message_id)
+                        continue
+                    if pointer is not None:
                         self._pointers[handle] = pointer
-                    yield handle, DeadLetter.from_json(doc)
+                    yield handle, entry
         finally:
             del self._reading[store]
             self._release(url, held)
@@ -314,6 +428,10 @@ class RoutedDeadLetters:
 
     def read(self, store: str) -> Iterator[tuple[str, DeadLetter]]:
         return self._sink(store).read(store)  # type: ignore[no-any-return]
+
+    def unreadable(self, store: str) -> list[tuple[str, str]]:
+        skipped = getattr(self._sink(store), "unreadable", None)
+        return list(skipped(store)) if callable(skipped) else []
 
     def remove(self, store: str, handles: Sequence[str]) -> None:
         self._sink(store).remove(store, handles)

@@ -113,8 +113,12 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(f"redrive {report.target}: read {report.read}, applied {report.applied}, "
               f"stale {report.stale}, re-read from the source {report.reread}, left as too old "
-              f"{report.left_too_old}, still failing {report.still_failing}, removed {report.removed}")
-    return EXIT_OK if report.still_failing == 0 and report.left_too_old == 0 else EXIT_FAILING
+              f"{report.left_too_old}, still failing {report.still_failing}, removed {report.removed}, "
+              f"unreadable (skipped, kept) {report.unreadable}")
+        for line in report.skipped:
+            print(f"  unreadable entry {line}")
+    failing = report.still_failing + report.left_too_old + report.unreadable
+    return EXIT_OK if failing == 0 else EXIT_FAILING
 
 
 if __name__ == "__main__":

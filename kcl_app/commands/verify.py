@@ -1,14 +1,15 @@
 """``tablesync verify``: compare the source with every target; optionally repair through the fenced path.
 
     tablesync verify --config targets.toml [--target NAME ...] [--segments N] [--sample RATE]
-        [--seed S] [--repair] [--json] [--quiet]
+        [--seed S] [--repair] [--json] [--quiet] [--show-values]
 
 Both directions, in parallel scan segments with consistent reads: every source item is looked up
 in each target (BatchGetItem), and every target item in the source, so that extra items are found.
 Each target is compared with what it must hold: its projection and transform applied, the inline
 version attribute ignored. A mismatch is re-read on both sides before it counts, so a write in
 flight is not a divergence. Reported per target: missing, extra and different items (which
-attributes, and how). `--repair` makes each divergent key hold the source's current item through
+attributes, and how: their types, not their values, unless `--show-values`, as items often hold
+personal data). `--repair` makes each divergent key hold the source's current item through
 the fenced path: a change that lands in between wins (counted `superseded`). `--sample RATE`
 checks a random fraction of the keys, for cheap continuous checks. Progress goes to stderr every
 5 s and at the end of each pass (`--quiet`: none), the report to stdout.
@@ -49,18 +50,21 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--repair", action="store_true", help="fix divergences without overwriting newer data")
     parser.add_argument("--json", action="store_true", help="print a machine-readable report")
     parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    parser.add_argument("--show-values", action="store_true",
+                        help="print the differing attribute values (default: names and types only; "
+                             "items often hold personal data)")
     return parser
 
 
-def _print_target(t: TargetReport) -> None:
+def _print_target(t: TargetReport, show_values: bool = False) -> None:
     state = "clean" if t.clean else "DIVERGENT"
     print(f"target {t.target}: {state}; checked {t.source_checked} source and {t.target_checked} target items; "
           f"missing {t.count('missing')}, extra {t.count('extra')}, different {t.count('different')}, "
           f"in flight {t.in_flight}; repaired {t.repaired}, superseded {t.superseded}, "
           f"repair failed {t.repair_failed}")
     for d in list(t.divergences.values())[:SHOWN]:
-        doc = d.to_json()
-        what = "; ".join(f"{a.name}: {a.problem} ({a.source} != {a.target})" for a in d.attributes)
+        doc = d.to_json(show_values)
+        what = "; ".join(f"{a['name']}: {a['problem']} ({a['source']} != {a['target']})" for a in doc["attributes"])
         repair = f" [repair: {d.repair}]" if d.repair else ""
         print(f"  {d.kind} {json.dumps(doc['key'], sort_keys=True)}{': ' + what if what else ''}{repair}")
     if len(t.divergences) > SHOWN:
@@ -96,12 +100,13 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_ERROR
     clean = all(r.clean for r in reports)
     if args.json:
-        print(json.dumps({"clean": clean, "sources": [r.to_json() for r in reports]}, indent=2, sort_keys=True))
+        print(json.dumps({"clean": clean, "sources": [r.to_json(show_values=args.show_values) for r in reports]},
+                         indent=2, sort_keys=True))
     else:
         for report in reports:
             print(f"source {report.source_table} (sample {report.sample:g}):")
             for target in report.targets.values():
-                _print_target(target)
+                _print_target(target, args.show_values)
     return EXIT_OK if clean else EXIT_DIVERGENT
 
 

@@ -289,6 +289,9 @@ region = "eu-west-1"
     (target,) = doc["sources"][0]["targets"]
     assert (target["missing"], target["extra"], target["different"]) == (1, 1, 4)
     typed = next(d for d in target["divergences"] if d["key"] == {"pk": {"S": "k03"}})
+    assert typed["attributes"] == [{"name": "n", "problem": "type", "source": "N", "target": "S"}]
+    code, doc = run("--target", "a", "--show-values")
+    typed = next(d for d in doc["sources"][0]["targets"][0]["divergences"] if d["key"] == {"pk": {"S": "k03"}})
     assert typed["attributes"] == [{"name": "n", "problem": "type", "source": "N:'3'", "target": "S:'3'"}]
     code, doc = run("--repair")
     assert code == 0 and doc["sources"][0]["targets"][0]["repaired"] == 6

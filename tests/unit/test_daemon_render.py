@@ -209,3 +209,47 @@ def test_run_reports_a_daemon_that_cannot_start(tmp_path: Path, capsys: pytest.C
                  log_file=tmp_path / "no-such-dir" / "daemon.log")
     assert run_cmd.run(args) == 1
     assert "cannot start the KCL daemon" in capsys.readouterr().err
+
+
+INJECTIONS = ["x\nkinesisEndpoint = http://attacker.example", "x\rkinesisEndpoint = h", "x\r\n", "x\x0bq", "x\x0cq",
+              "x\x00", "x\x1b[2J", "x\x85y", "x\u2028kinesisEndpoint = h", "x\u2029y", "x\ty"]
+
+
+@pytest.mark.parametrize("flag", ["stream", "app", "region", "endpoint"])
+@pytest.mark.parametrize("value", INJECTIONS)
+def test_run_refuses_a_control_character_in_every_substituted_value(tmp_path: Path, flag: str, value: str) -> None:
+    good = {"stream": "s", "app": "a", "region": "eu-west-1"}
+    template = PROPERTIES / ("local.properties" if flag == "endpoint" else "production.properties")
+    args = _args(tmp_path, template, **{**good, flag: value})
+    with pytest.raises(run_cmd.UsageError, match="control character U\\+") as caught:
+        run_cmd.build_properties(args, {})
+    assert "refused" in str(caught.value)
+
+
+@pytest.mark.parametrize("value", INJECTIONS[:3])
+def test_run_refuses_a_control_character_in_the_region_from_the_environment(tmp_path: Path, value: str) -> None:
+    args = _args(tmp_path, PROPERTIES / "production.properties", stream="s", app="a")
+    with pytest.raises(run_cmd.UsageError, match="control character"):
+        run_cmd.build_properties(args, {"AWS_REGION": value})
+
+
+def test_run_refuses_a_config_path_with_a_line_break(tmp_path: Path) -> None:
+    folder = tmp_path / "a\nkinesisEndpoint=http:"
+    folder.mkdir()
+    args = _args(folder, PROPERTIES / "production.properties", stream="s", app="a", region="eu-west-1")
+    with pytest.raises(run_cmd.UsageError, match="control character U\\+000A"):
+        run_cmd.build_properties(args, {})
+
+
+@pytest.mark.parametrize("value", INJECTIONS)
+def test_render_refuses_a_control_character_in_substitutions_and_overrides(value: str) -> None:
+    with pytest.raises(daemon.PropertiesError, match="control character"):
+        daemon.render_properties(MINIMAL, {"anything": value})
+    with pytest.raises(daemon.PropertiesError, match="control character") as caught:
+        daemon.render_properties(MINIMAL, {}, {"applicationName": value})
+    assert caught.value.key == "applicationName"
+
+
+def test_a_clean_value_still_renders_and_adds_no_key() -> None:
+    props = render(applicationName="orders-sync.v2_x")
+    assert props["applicationName"] == "orders-sync.v2_x" and "kinesisEndpoint" not in props

@@ -305,3 +305,21 @@ def test_a_read_ends_when_held_messages_come_back_before_the_queue_looks_empty(s
     sink.remove("eu", [h for h, _ in read])
     rest = list(SqsDeadLetters(BoundedSqs(sqs), {}, default_url=url).read("eu"))
     assert len(read) + len(rest) == 30, "nothing skipped for good: the next read has the rest"
+
+
+def test_directory_entries_are_private_whatever_the_umask(tmp_path) -> None:
+    old = os.umask(0)
+    try:
+        root = tmp_path / "new" / "dl"
+        sink = DirectoryDeadLetters(root)
+        sink.park([letter("eu", 1), letter("_poison", 2)])
+        (tmp_path / "old").mkdir()
+        (tmp_path / "old" / "eu").mkdir(mode=0o755)  # left by an earlier version
+        DirectoryDeadLetters(tmp_path / "old").park([letter("eu", 3)])
+    finally:
+        os.umask(old)
+    assert os.stat(root).st_mode & 0o777 == 0o700
+    for folder in (root / "eu", root / "_poison", tmp_path / "old" / "eu"):
+        assert os.stat(folder).st_mode & 0o777 == 0o700, folder
+        files = list(folder.iterdir())
+        assert files and all(os.stat(f).st_mode & 0o777 == 0o600 for f in files), files
