@@ -1,5 +1,5 @@
 # The two entry points of the README. Both set everything up first (idempotent, cached).
-.PHONY: setup demo test lint bench
+.PHONY: setup demo test lint bench wheelhouse
 
 setup:
 	@bash scripts/setup.sh
@@ -14,3 +14,7 @@ test: setup
 
 bench: setup
 	.venv/bin/python bench/apply.py
+
+# The fleet release (infra/worker.yaml ReleaseArtifact): wheels + lock with hashes, for upload to S3.
+wheelhouse: setup
+	bash scripts/wheelhouse.sh

@@ -2,15 +2,16 @@
 # Sets up everything tablesync needs on this machine, idempotently:
 #   1. checks Python 3.11+ and Java 17+ (clear message if missing)
 #   2. resolves the KCL MultiLangDaemon jars with Maven (cached in ~/.m2)
-#   3. creates .venv and installs tablesync with pinned dependencies; amazon-kclpy
-#      is built from its sdist with the jars taken from the local Maven cache
+#   3. creates .venv and installs tablesync with the tested set of requirements.lock (hashes
+#      checked); amazon-kclpy is built from its sdist (hash checked against the lock) with the
+#      jars taken from the local Maven cache
 # A second run only checks and returns.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 KCLPY_VERSION=3.1.3
 VENV=${TABLESYNC_VENV:-$ROOT/.venv}
-STAMP=$VENV/.tablesync-setup-$(sha1sum pyproject.toml scripts/setup.sh | sha1sum | cut -c1-12)
+STAMP=$VENV/.tablesync-setup-$(sha1sum pyproject.toml requirements.lock scripts/setup.sh | sha1sum | cut -c1-12)
 
 say() { printf 'setup: %s\n' "$*" >&2; }
 die() { printf 'setup: error: %s\n' "$*" >&2; exit 1; }
@@ -37,6 +38,9 @@ if [ ! -f "$sdist" ]; then
   say "downloading amazon-kclpy $KCLPY_VERSION sdist"
   "$PY" -m pip download -q --no-deps --no-binary :all: -d "$work" "amazon-kclpy==$KCLPY_VERSION"
 fi
+want=$(sed -n "/^amazon-kclpy==$KCLPY_VERSION /,/^[a-z]/s/.*--hash=sha256:\([0-9a-f]\{64\}\).*/\1/p" requirements.lock)
+echo "${want:-missing}  $sdist" | sha256sum --check --status \
+  || die "$sdist does not match the hash of amazon-kclpy $KCLPY_VERSION in requirements.lock; delete it and re-run"
 src=$work/amazon_kclpy-$KCLPY_VERSION
 [ -d "$src" ] || tar -xzf "$sdist" -C "$work"
 pom=$work/kcl-pom.xml
@@ -50,9 +54,11 @@ mvn -q -B -f "$pom" dependency:copy-dependencies -DoutputDirectory="$src/amazon_
 [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
 "$VENV/bin/python" -m pip install -q --upgrade pip setuptools wheel >/dev/null
 say "installing amazon-kclpy $KCLPY_VERSION with the resolved jars"
-( cd "$src" && KCL_MVN_REPO_SEARCH_URL="file://$HOME/.m2/repository/" "$VENV/bin/python" -m pip install -q --no-build-isolation . ) \
+( cd "$src" && KCL_MVN_REPO_SEARCH_URL="file://$HOME/.m2/repository/" "$VENV/bin/python" -m pip install -q --no-build-isolation --no-deps . ) \
   >"$work/pip-kclpy.log" 2>&1 || { tail -30 "$work/pip-kclpy.log" >&2; die "amazon-kclpy did not install (log: $work/pip-kclpy.log)"; }
-say "installing tablesync and its pinned dependencies"
+say "installing the tested dependency set (requirements.lock, hashes checked) and tablesync"
+"$VENV/bin/python" -m pip install -q --require-hashes --no-deps -r requirements.lock >"$work/pip-lock.log" 2>&1 \
+  || { tail -30 "$work/pip-lock.log" >&2; die "requirements.lock did not install (log: $work/pip-lock.log)"; }
 "$VENV/bin/python" -m pip install -q -e ".[dev]" >"$work/pip.log" 2>&1 \
   || { tail -30 "$work/pip.log" >&2; die "pip install failed (log: $work/pip.log)"; }
 n=$(ls "$("$VENV/bin/python" -c 'import amazon_kclpy, os; print(os.path.dirname(amazon_kclpy.__file__))')/jars" | wc -l)
