@@ -32,7 +32,8 @@ INFRA_DIR = Path(__file__).resolve().parents[2] / "infra"
 DEFAULT_WORKER_PARAMETERS: dict[str, str] = {
     "AppName": "tablesync-orders",
     "StreamArn": "arn:aws:kinesis:us-east-1:123456789012:stream/orders-changes",
-    "ReleaseArtifact": "tablesync==0.1.0",
+    "ReleaseArtifact": "s3://example-releases/tablesync/tablesync-wheelhouse-0.1.0.tar.gz",
+    "ReleaseSha256": "0123456789abcdef" * 4,
     "VpcId": "vpc-12345678",
     "SubnetIds": "subnet-1111aaaa,subnet-2222bbbb",
     "ImageId": "ami-12345678",

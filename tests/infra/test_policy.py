@@ -103,9 +103,11 @@ def test_optional_permissions_vanish_when_their_parameter_is_empty() -> None:
         "PutMetricDataHasNoResourceType",
         "ShipLogs",
         "ReadOwnConfig",
+        "ReadRelease",
     }
     actions = set(worker_actions(EVERYTHING_OFF))
-    assert not actions & {"sts:AssumeRole", "kms:Decrypt", "kinesis:SubscribeToShard", "dynamodb:BatchWriteItem"}
+    assert not actions & {"sts:AssumeRole", "kms:Decrypt", "kms:GenerateDataKey", "kinesis:SubscribeToShard",
+                          "dynamodb:BatchWriteItem"}
 
 
 def test_only_ledgers_may_be_created_and_only_when_asked() -> None:
@@ -129,7 +131,8 @@ def test_the_policy_is_the_only_permission_source_of_the_role() -> None:
         {
             **dict.fromkeys(["AppName"], "tablesync-orders"),
             "StreamArn": "arn:aws:kinesis:us-east-1:123456789012:stream/s",
-            "ReleaseArtifact": "tablesync",
+            "ReleaseArtifact": "s3://b-1/r.tar.gz",
+            "ReleaseSha256": "0" * 64,
             "VpcId": "vpc-1",
             "SubnetIds": "subnet-1",
             "ImageId": "ami-1",
@@ -146,4 +149,4 @@ def test_moto_enforcement_policy_allows_exactly_the_worker_actions() -> None:
     [statement] = document["Statement"]
     assert statement["Resource"] == "*" and "Condition" not in statement
     assert statement["Action"] == worker_actions(EVERYTHING_ON)
-    assert {"kinesis:GetRecords", "dynamodb:ConditionCheckItem", "sqs:SendMessage"} <= set(statement["Action"])
+    assert {"kinesis:GetRecords", "dynamodb:DeleteItem", "sqs:SendMessage"} <= set(statement["Action"])

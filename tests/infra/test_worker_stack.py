@@ -94,7 +94,13 @@ def test_worker_stack_creates_a_least_privilege_worker(aws: boto3.Session, deplo
     assert data["IamInstanceProfile"]["Arn"] == out["InstanceProfileArn"]
     user_data = base64.b64decode(data["UserData"]).decode()
     assert "dnf install -y java-17-amazon-corretto-headless python3.11" in user_data
-    assert "pip install --no-cache-dir 'tablesync==0.1.0'" in user_data
+    # the release: the operator's wheelhouse, digest checked, installed by hash with no index
+    artifact, digest = params["ReleaseArtifact"], params["ReleaseSha256"]
+    assert f"aws s3 cp --only-show-errors --region us-east-1 {artifact} \"$release.tar.gz\"" in user_data
+    assert f'echo "{digest}  $release.tar.gz" | sha256sum --check --strict' in user_data
+    assert ("pip install --no-cache-dir --no-index --require-hashes --only-binary :all: \\\n"
+            '  --find-links "$release/wheels" -r "$release/requirements.lock"') in user_data
+    assert "pypi" not in user_data.lower() and "'" + artifact not in user_data
     assert (
         "ExecStart=/opt/tablesync/venv/bin/tablesync run --properties /etc/tablesync/kcl.properties "
         "--config /etc/tablesync/targets.toml --app tablesync-orders --stream orders-changes --region us-east-1"
