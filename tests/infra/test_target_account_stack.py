@@ -23,7 +23,8 @@ def _role_statements(aws: boto3.Session, role_arn: str) -> list[dict]:
 
 def test_role_trusts_only_the_worker_with_the_external_id(aws: boto3.Session, deploy: Deploy) -> None:
     stack = deploy(
-        "target-account.yaml", {"WorkerRoleArn": WORKER_ROLE, "ExternalId": "ext-0a1b2c3d4e5f6789", "TargetTableArns": TARGETS}
+        "target-account.yaml",
+        {"WorkerRoleArn": WORKER_ROLE, "ExternalId": "ext-0a1b2c3d4e5f", "TargetTableArns": TARGETS},
     )
 
     role_arn = stack["OutputMap"]["WriterRoleArn"]
@@ -33,7 +34,7 @@ def test_role_trusts_only_the_worker_with_the_external_id(aws: boto3.Session, de
             "Effect": "Allow",
             "Principal": {"AWS": WORKER_ROLE},
             "Action": "sts:AssumeRole",
-            "Condition": {"StringEquals": {"sts:ExternalId": "ext-0a1b2c3d4e5f6789"}},
+            "Condition": {"StringEquals": {"sts:ExternalId": "ext-0a1b2c3d4e5f"}},
         }
     ]
     [statement] = _role_statements(aws, role_arn)
@@ -48,7 +49,7 @@ def test_created_ledger_has_the_agreed_schema_and_is_writable(aws: boto3.Session
         "target-account.yaml",
         {
             "WorkerRoleArn": WORKER_ROLE,
-            "ExternalId": "ext-0a1b2c3d4e5f6789",
+            "ExternalId": "ext-0a1b2c3d4e5f",
             "TargetTableArns": TARGETS,
             "CreateLedgerTable": "true",
             "LedgerTableName": "orders-ledger",
@@ -68,7 +69,7 @@ def test_created_ledger_has_the_agreed_schema_and_is_writable(aws: boto3.Session
         "target-account.yaml",
         {
             "WorkerRoleArn": WORKER_ROLE,
-            "ExternalId": "ext-0a1b2c3d4e5f6789",
+            "ExternalId": "ext-0a1b2c3d4e5f",
             "TargetTableArns": TARGETS,
             "CreateLedgerTable": "true",
         },
