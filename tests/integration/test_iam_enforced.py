@@ -33,7 +33,7 @@ from botocore.exceptions import ClientError
 from kcl_app.adapters.ledger import ledger_schema
 from kcl_app.local.fleet import Fleet, create_source, create_table, differences, scan, wait_for
 from kcl_app.local.stack import LocalStack, start_subprocess
-from tests.infra.policy import DEFAULT_WORKER_PARAMETERS, moto_enforcement_policy, worker_actions
+from tests.infra.policy import DEFAULT_WORKER_PARAMETERS, moto_enforcement_policy, worker_actions, worker_statements
 
 pytestmark = pytest.mark.integration
 
@@ -241,3 +241,78 @@ def test_worker_policy_suffices_and_one_action_less_is_denied(
     wait_for(denial_logged, 60, 0.5, f"an AccessDeniedException for {REMOVED_ACTION} in {minus_log}")
     assert fleets[1].workers[0].alive(), "a denied read is retried, not fatal"
     assert scan(target_ddb, target_minus) == {}
+
+
+# ----------------------------------------------------------------------------- the target writes, enforced
+
+TARGET_REMOVED_ACTION = "dynamodb:DeleteItem"
+
+
+def _writes_with(enforced: EnforcedStack, keys: Keys, tmp_path: Path, table: str, clock: Any,
+                 monkeypatch: pytest.MonkeyPatch) -> tuple[Any, dict[str, Any]]:
+    """Every kind of change (puts, overwrites, deletes) through the worker's pipeline into one exact
+    and one inline target, with `keys` as the worker's credentials. Returns (engine, expected items)."""
+    from kcl_app.adapters.metrics import RecordingMetrics
+    from kcl_app.compose import build_engine
+    from kcl_app.config import load
+    from tests.support.source_sim import SourceSim
+
+    ddb = enforced.client("dynamodb", TARGET_REGION)
+    for name in (table, f"{table}-inline"):
+        create_table(ddb, name)
+    ddb.create_table(**ledger_schema(f"{table}.tablesync-ledger"))
+    tmp_path.mkdir(parents=True)
+    config = tmp_path / "targets.toml"
+    config.write_text("".join(
+        f'[[targets]]\nname = "{name}"\nsource_table = "src"\nregion = "{TARGET_REGION}"\ntable = "{name}"\n'
+        f'mode = "{mode}"\nendpoint_url = "{enforced.endpoint}"\ncreate_ledger = false\n'
+        f'retry_budget_seconds = 1\ndead_letter = {{ kind = "dir", path = "{tmp_path / "dlq"}" }}\n\n'
+        for name, mode in ((table, "exact"), (f"{table}-inline", "inline"))), encoding="utf-8")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", keys.access_key_id)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", keys.secret_access_key)
+    monkeypatch.delenv("AWS_SESSION_TOKEN", raising=False)
+    sim = SourceSim("src")
+    for n in range(12):
+        sim.put({"pk": {"S": f"k{n % 5}"}, "n": {"N": str(n)}})
+        if n % 3 == 2:
+            sim.delete({"pk": {"S": f"k{(n + 1) % 5}"}})
+    engine = build_engine(load(config), clock=clock, metrics=RecordingMetrics())
+    try:
+        assert engine.pipeline.process(sim.raw_records()).complete
+    finally:
+        engine.close()
+    return engine, sim.items
+
+
+def test_target_actions_suffice_for_every_write_and_one_less_is_refused(
+        enforced: EnforcedStack, tmp_path: Path, clock: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The target/ledger actions of the worker policy (no UpdateItem, BatchWriteItem or
+    ConditionCheckItem: kcl_app never calls them) carry puts, overwrites and deletes in both modes;
+    without dynamodb:DeleteItem every delete is refused by name and parked, nothing lost."""
+    suffix = uuid.uuid4().hex[:6]
+    table, minus_table = f"t-{suffix}", f"t-minus-{suffix}"
+    arns = [table, f"{table}-inline", minus_table, f"{minus_table}-inline"]
+    params = _policy_parameters(f"app-{suffix}", f"arn:aws:kinesis:{REGION}:{ACCOUNT}:stream/s", arns)
+    # only what the worker role grants on target and ledger tables (the KCL's own tables aside)
+    actions = sorted({a for s in worker_statements(params) if s["Sid"] in ("WriteTargetTables", "WriteLedgerTables")
+                      for a in s["Action"]})
+    assert TARGET_REMOVED_ACTION in actions and set(actions) <= set(moto_enforcement_policy(params)["Statement"][0][
+        "Action"])
+    assert not {"dynamodb:UpdateItem", "dynamodb:BatchWriteItem", "dynamodb:ConditionCheckItem"} & set(actions)
+    policy = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": actions, "Resource": "*"}]}
+    worker = enforced.user(f"writer-{suffix}", policy)
+    minus = dict(policy, Statement=[dict(policy["Statement"][0],
+                                         Action=[a for a in actions if a != TARGET_REMOVED_ACTION])])
+    worker_minus = enforced.user(f"writer-minus-{suffix}", minus)
+
+    engine, expected = _writes_with(enforced, worker, tmp_path / "full", table, clock, monkeypatch)
+    admin = enforced.client("dynamodb", TARGET_REGION)
+    for name in (table, f"{table}-inline"):
+        assert set(scan(admin, name)) == set(expected), name
+        assert engine.dead_letters.depth(name) == 0  # type: ignore[attr-defined]
+
+    engine, expected = _writes_with(enforced, worker_minus, tmp_path / "minus", minus_table, clock, monkeypatch)
+    for name in (minus_table, f"{minus_table}-inline"):
+        parked = [entry for _, entry in engine.dead_letters.read(name)]
+        assert parked, f"{name}: the deletes are parked"
+        assert all(f"not authorized to perform: {TARGET_REMOVED_ACTION}" in e.reason for e in parked), parked[0].reason
