@@ -97,7 +97,7 @@ class DirectoryDeadLetters(_UnreadableLog):
 
     def _folder(self, store: str) -> Path:
         folder = self.root / _safe(store)
-        if folder not in self._private:
+        if folder not in self._private or not folder.is_dir():
             if not self.root.is_dir():
                 self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
                 os.chmod(self.root, 0o700)
@@ -331,7 +331,11 @@ class SqsDeadLetters(_UnreadableLog):
                         doc = None
                         broken = f"the message body is not JSON ({exc})"
                     attributes = message.get("MessageAttributes", {}).get("store", {})
-                    named = doc.get("store") if isinstance(doc, dict) else attributes.get("StringValue")
+                    # the store an entry belongs to: its body says, else its attribute; an entry
+                    # that names none at all is reported by whichever store's read meets it
+                    named = doc.get("store") if isinstance(doc, dict) else None
+                    if not isinstance(named, str):
+                        named = attributes.get("StringValue", store)
                     sent_ms = float(message.get("Attributes", {}).get("SentTimestamp", 0))
                     if (named != store or message.get("MessageId") in self._reading[store]
                             or sent_ms > started_ms + LATE_PARK_MS):

@@ -323,3 +323,28 @@ def test_directory_entries_are_private_whatever_the_umask(tmp_path) -> None:
         assert os.stat(folder).st_mode & 0o777 == 0o700, folder
         files = list(folder.iterdir())
         assert files and all(os.stat(f).st_mode & 0o777 == 0o600 for f in files), files
+
+
+def test_sqs_entries_that_name_no_store_are_reported_not_held_forever(sqs) -> None:
+    url = sqs.create_queue(QueueName="dl-eu")["QueueUrl"]
+    sink = SqsDeadLetters(sqs, {}, default_url=url)  # one queue for every store
+    sink.park([letter("eu", 1)])
+    for body in ("not json", json.dumps({"reason": "r", "data": ""}), json.dumps({"store": 7}), "[]"):
+        sqs.send_message(QueueUrl=url, MessageBody=body)
+    sqs.send_message(QueueUrl=url, MessageBody="{", MessageAttributes={
+        "store": {"DataType": "String", "StringValue": "other"}})
+    assert [e for _, e in sink.read("eu")] == [letter("eu", 1)]
+    assert len(sink.unreadable("eu")) == 4 and sink.unreadable("eu") == [], "reported once, then cleared"
+    # the broken one of "other" is reported by its own store's read; those naming no store, by each
+    assert list(sink.read("other")) == [] and len(sink.unreadable("other")) == 5
+
+
+def test_directory_store_recreates_a_folder_removed_meanwhile(tmp_path) -> None:
+    import shutil
+
+    sink = DirectoryDeadLetters(tmp_path / "dl")
+    sink.park([letter("eu", 1)])
+    shutil.rmtree(tmp_path / "dl")
+    sink.park([letter("eu", 2)])
+    assert [e.sequence_number for _, e in sink.read("eu")] == [f"{2:020d}"]
+    assert os.stat(tmp_path / "dl" / "eu").st_mode & 0o777 == 0o700
