@@ -1,14 +1,20 @@
-"""Who may write into the replication path, TLS, customer managed keys and the release parameters,
-on the rendered templates (moto's CloudFormation skips AWS::Kinesis::ResourcePolicy,
-AWS::SQS::QueuePolicy and AWS::S3::BucketPolicy; the deploy tests prove the stacks still create)."""
+"""Who may write into the replication path, TLS, customer managed keys and the release parameters.
+
+moto's CloudFormation skips AWS::Kinesis::ResourcePolicy, AWS::SQS::QueuePolicy and
+AWS::S3::BucketPolicy (with a warning): the rendered templates are asserted, and the deploy tests
+apply the rendered policies to the deployed stream, queue and bucket through their APIs, as
+CloudFormation would (moto does not enforce resource policies: what they deny is not exercised)."""
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
 
+import boto3
 import pytest
 
+from tests.infra.conftest import Deploy
 from tests.infra.policy import DEFAULT_WORKER_PARAMETERS, load, render, worker_statements
 
 STREAM = {"SourceTableName": "orders", "StreamName": "orders-changes"}
@@ -148,3 +154,56 @@ def test_no_template_grants_actions_kcl_app_never_calls() -> None:
     never = {"dynamodb:UpdateItem", "dynamodb:BatchWriteItem", "dynamodb:ConditionCheckItem"}
     assert not never & set(load("worker.yaml")["Mappings"]["WorkerActions"]["Targets"]["Items"])
     assert not never & set(load("target-account.yaml")["Mappings"]["TargetActions"]["Tables"]["Items"])
+
+
+def _filled(node: Any, values: dict[str, str]) -> Any:
+    """The rendered node with its resource placeholders replaced by the deployed stack's values."""
+    text = json.dumps(node)
+    for placeholder, value in values.items():
+        text = text.replace(placeholder, value)
+    assert "<" not in text, text
+    return json.loads(text)
+
+
+def test_deployed_stream_takes_its_producer_policy(aws: boto3.Session, deploy: Deploy) -> None:
+    """moto's CloudFormation skips AWS::Kinesis::ResourcePolicy: the rendered one is applied to the
+    deployed stream through the API, as CloudFormation would, and reads back unchanged."""
+    params = {**STREAM, "ManageStreamingDestination": "false"}
+    stack = deploy("stream.yaml", params)
+    arn = stack["OutputMap"]["StreamArn"]
+    props = _filled(render("stream.yaml", params)["Resources"]["StreamProducerPolicy"]["Properties"],
+                    {"<Stream.Arn>": arn})
+    kinesis = aws.client("kinesis")
+    kinesis.put_resource_policy(ResourceARN=props["ResourceArn"], Policy=json.dumps(props["ResourcePolicy"]))
+    policy = json.loads(kinesis.get_resource_policy(ResourceARN=arn)["Policy"])
+    [deny] = policy["Statement"]
+    assert deny["Resource"] == arn and deny["Condition"]["ArnNotLike"]["aws:PrincipalArn"] == [SLR]
+
+
+def test_deployed_queue_and_bucket_take_their_policies(aws: boto3.Session, deploy: Deploy) -> None:
+    ec2 = aws.client("ec2")
+    vpc = ec2.create_vpc(CidrBlock="10.30.0.0/16")["Vpc"]["VpcId"]
+    subnet = ec2.create_subnet(VpcId=vpc, CidrBlock="10.30.1.0/24")["Subnet"]["SubnetId"]
+    params = {k: v for k, v in DEFAULT_WORKER_PARAMETERS.items() if k != "ImageId"}
+    params.update(VpcId=vpc, SubnetIds=subnet)
+    out = deploy("worker.yaml", params)["OutputMap"]
+    bucket = out["DeadLetterPayloadBucket"]
+    values = {"<DeadLetterQueue.Arn>": out["DeadLetterQueueArn"], "<DeadLetterQueue>": out["DeadLetterQueueUrl"],
+              "<WorkerRole.Arn>": out["WorkerRoleArn"], "<DeadLetterPayloads.Arn>": f"arn:aws:s3:::{bucket}",
+              "<DeadLetterPayloads>": bucket}
+    resources = render("worker.yaml", params)["Resources"]
+    queue = _filled(resources["DeadLetterQueuePolicy"]["Properties"], values)
+    sqs = aws.client("sqs")
+    [url] = queue["Queues"]
+    sqs.set_queue_attributes(QueueUrl=url, Attributes={"Policy": json.dumps(queue["PolicyDocument"])})
+    applied = json.loads(sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["Policy"])["Attributes"]["Policy"])
+    sends = {s["Sid"]: s for s in applied["Statement"]}["OnlyTheWorkerSends"]
+    assert sends["Condition"]["ArnNotLike"]["aws:PrincipalArn"] == [out["WorkerRoleArn"]]
+    assert sends["Resource"] == out["DeadLetterQueueArn"]
+
+    payloads = _filled(resources["DeadLetterPayloadsPolicy"]["Properties"], values)
+    s3 = aws.client("s3")
+    s3.put_bucket_policy(Bucket=payloads["Bucket"], Policy=json.dumps(payloads["PolicyDocument"]))
+    applied = json.loads(s3.get_bucket_policy(Bucket=bucket)["Policy"])
+    tls = {s["Sid"]: s for s in applied["Statement"]}["TlsOnly"]
+    assert tls["Resource"] == [f"arn:aws:s3:::{bucket}", f"arn:aws:s3:::{bucket}/*"]
