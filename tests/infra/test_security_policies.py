@@ -141,6 +141,11 @@ def test_release_digest_and_key_parameters_are_constrained() -> None:
         assert allowed("worker.yaml", name, "") and allowed("worker.yaml", name, KEY)
         assert not allowed("worker.yaml", name, "alias/aws/sqs") and not allowed("worker.yaml", name, KEY + "\n")
     assert allowed("stream.yaml", "StreamKmsKeyArn", "") and not allowed("stream.yaml", "StreamKmsKeyArn", "x")
+    assert allowed("worker.yaml", "StreamKeyArn", "none") and allowed("worker.yaml", "StreamKeyArn", KEY)
+    assert not allowed("worker.yaml", "StreamKeyArn", "*")
+    assert allowed("worker.yaml", "InstanceType", "m7i.large")
+    assert not allowed("worker.yaml", "InstanceType", "m7i.large; reboot")
+    assert allowed("worker.yaml", "KeyName", "") and not allowed("worker.yaml", "KeyName", "ops\nx")
 
 
 def test_external_id_is_required_and_not_guessable() -> None:
