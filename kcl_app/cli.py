@@ -1,16 +1,13 @@
 """`tablesync`: the command-line entry point. Each subcommand lives in kcl_app/commands/<name>.py
-and exposes `add_parser(subparsers)` and `run(args) -> int`."""
+and exposes `add_parser(subparsers)` and `run(args) -> int` (the convention and the shared
+dispatch are in kcl_app/commands/__init__.py)."""
 
 from __future__ import annotations
 
 import argparse
-import importlib
-import logging
-import os
 import sys
 
-from kcl_app import logs
-from kcl_app.core.errors import ConfigError
+from kcl_app import commands
 
 COMMANDS = ("local", "run", "demo", "status", "backfill", "verify", "redrive")
 
@@ -20,40 +17,17 @@ tablesync replicates DynamoDB tables one way and continuously to any number of t
 fleet of KCL workers. Every change is version-fenced: duplicates, reordering, replays and crashes
 cannot corrupt a target.
 
-Start with `tablesync demo` (everything on the local emulator), then see `tablesync run --help`."""
+Start with `tablesync demo` (everything on the local emulator), then see `tablesync run --help`.
+The global flags (--log-level, --log-json, --profile, --region) go before or after the command."""
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="tablesync", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--log-level", default=os.environ.get("TABLESYNC_LOG_LEVEL", "INFO"),
-                        help="DEBUG, INFO, WARNING or ERROR (default INFO; env TABLESYNC_LOG_LEVEL)")
-    parser.add_argument("--log-json", action="store_true", help="log JSON lines instead of plain text")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    sub.required = True
-    for name in COMMANDS:
-        module = importlib.import_module(f"kcl_app.commands.{name}")
-        module.add_parser(sub)
-    return parser
+    return commands.build_parser(COMMANDS, description=DESCRIPTION,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    logs.setup(args.log_level, json_lines=args.log_json)
-    handler = getattr(args, "handler", None) or getattr(args, "func", None)
-    if handler is None:
-        handler = importlib.import_module(f"kcl_app.commands.{args.command}").run
-    try:
-        return int(handler(args) or 0)
-    except ConfigError as exc:
-        logging.getLogger("tablesync").error("configuration refused: %s", exc)
-        print(f"tablesync: configuration refused: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("tablesync: interrupted", file=sys.stderr)
-        return 130
+    return commands.dispatch(build_parser(), argv)
 
 
 if __name__ == "__main__":

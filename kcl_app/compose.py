@@ -1,6 +1,11 @@
 """The composition root: the one place where boto3 sessions, clients and the engine are built.
 
 Everything else receives its clients, clock and sinks as constructor arguments.
+
+Credentials and regions follow the standard chain (environment, `AWS_PROFILE`, shared files, SSO,
+instance roles); `configure_aws(profile, region)` (the CLI's global `--profile`/`--region`) sets
+the base session every client here is built from. A region written in targets.toml (a target's
+`region`, `[source] region`) wins over the default region.
 """
 
 from __future__ import annotations
@@ -9,9 +14,9 @@ import logging
 import os
 import re
 import urllib.parse
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import boto3
 import botocore.session
@@ -23,11 +28,43 @@ from kcl_app.adapters.dead_letters import DirectoryDeadLetters, RoutedDeadLetter
 from kcl_app.adapters.inline import InlineWriter
 from kcl_app.adapters.ledger import LedgerWriter, ensure_ledger
 from kcl_app.adapters.metrics import EmfMetrics
+from kcl_app.adapters.scan import TargetSpec
 from kcl_app.config import Config, DeadLetterConfig, TargetConfig
 from kcl_app.pipeline import POISON_STORE, UNMAPPED_STORE, Pipeline
 from kcl_app.ports import Clock, DeadLetterSink, Metrics, TargetWriter
 
+if TYPE_CHECKING:
+    from types_boto3_dynamodb import DynamoDBClient
+    from types_boto3_kinesis import KinesisClient
+    from types_boto3_s3 import S3Client
+    from types_boto3_sqs import SQSClient
+
 log = logging.getLogger("tablesync.compose")
+
+
+@dataclass(frozen=True)
+class AwsSettings:
+    """The process-wide AWS defaults: a named profile and a default region (None: the standard chain)."""
+
+    profile: str | None = None
+    region: str | None = None
+
+
+_aws = AwsSettings()
+
+
+def configure_aws(profile: str | None = None, region: str | None = None) -> None:
+    """Set the profile and default region of every session built from now on (the CLI calls it once).
+
+    Child processes (the KCL daemon and its record processors) get the same through their
+    environment: `tablesync run` passes `AWS_PROFILE`/`AWS_REGION` on."""
+    global _aws
+    _aws = AwsSettings(profile or None, region or None)
+
+
+def base_session() -> boto3.Session:
+    """A session with the configured profile and default region. Raises botocore's ProfileNotFound."""
+    return boto3.Session(profile_name=_aws.profile, region_name=_aws.region)
 
 
 def boto_config(max_pool: int = 32, timeout: float = 10.0) -> BotoConfig:
@@ -48,7 +85,7 @@ def session_for(target: TargetConfig, base: boto3.Session | None = None) -> boto
 
     botocore refreshes DeferredRefreshableCredentials ahead of expiry (its advisory and mandatory
     refresh windows), so long-running workers never write with expired credentials."""
-    base = base or boto3.Session()
+    base = base or base_session()
     if not target.role_arn:
         return base
     extra: dict[str, Any] = {"RoleSessionName": f"tablesync-{target.name}"[:64]}
@@ -74,7 +111,7 @@ def session_for(target: TargetConfig, base: boto3.Session | None = None) -> boto
     return boto3.Session(botocore_session=core, region_name=target.region)
 
 
-def dynamodb_client(target: TargetConfig, session: boto3.Session | None = None) -> Any:
+def dynamodb_client(target: TargetConfig, session: boto3.Session | None = None) -> DynamoDBClient:
     session = session or session_for(target)
     return session.client(
         "dynamodb",
@@ -82,6 +119,55 @@ def dynamodb_client(target: TargetConfig, session: boto3.Session | None = None) 
         endpoint_url=target.endpoint_url,
         config=boto_config(max_pool=max(10, target.max_concurrency * 2)),
     )
+
+
+def source_dynamodb(config: Config, max_pool: int = 64) -> DynamoDBClient:
+    """A DynamoDB client for the source side (the worker's own credentials, `[source]` region and endpoint)."""
+    return base_session().client("dynamodb", region_name=config.source_region or _aws.region,
+                                 endpoint_url=config.source_endpoint_url, config=boto_config(max_pool=max_pool))
+
+
+def source_kinesis(config: Config) -> KinesisClient:
+    """A Kinesis client for the source side (its stream is in the source's region)."""
+    return base_session().client("kinesis", region_name=config.source_region or _aws.region,
+                                 endpoint_url=config.source_endpoint_url, config=boto_config())
+
+
+def target_specs(config: Config, names: Sequence[str] | None, source_table: str | None = None,
+                 prepare: bool = False) -> list[TargetSpec]:
+    """TargetSpecs (what backfill and verify scan with) for the named targets (all when None),
+    optionally only those of `source_table`; `prepare` creates missing ledgers first."""
+    chosen = [config.target(n) for n in names] if names else list(config.targets)
+    if source_table is not None:
+        chosen = [t for t in chosen if t.source_table == source_table]
+    specs = []
+    for target in chosen:
+        client = dynamodb_client(target)
+        if prepare and target.mode == "exact" and target.create_ledger:
+            ensure_ledger(client, target.ledger)
+        specs.append(TargetSpec.from_config(target, config, client))
+    return specs
+
+
+@dataclass(frozen=True)
+class LeaseClients:
+    """What `status` reads: the lease table's DynamoDB and the stream's Kinesis, in one region."""
+
+    dynamodb: DynamoDBClient
+    kinesis: KinesisClient
+    region: str
+
+
+def lease_clients(region: str | None = None, endpoint_url: str | None = None) -> LeaseClients:
+    """Clients for a KCL application's region (`region`, else the default region or the chain).
+
+    Raises botocore's NoRegionError when no region is known from anywhere."""
+    session = base_session()
+    dynamodb = session.client("dynamodb", region_name=region or _aws.region, endpoint_url=endpoint_url,
+                              config=boto_config())
+    kinesis = session.client("kinesis", region_name=region or _aws.region, endpoint_url=endpoint_url,
+                             config=boto_config())
+    return LeaseClients(dynamodb, kinesis, dynamodb.meta.region_name)
 
 
 def make_writer(target: TargetConfig, config: Config, clock: Clock, client: Any | None = None,
@@ -130,12 +216,13 @@ def make_dead_letters(config: Config, base_dir: str | None = None) -> DeadLetter
                 built[settings] = DirectoryDeadLetters(root)
             else:
                 region = settings.region or queue_region(str(settings.queue_url)) or target.region
-                client = boto3.client("sqs", region_name=region, endpoint_url=settings.endpoint_url,
-                                      config=boto_config())
+                session = base_session()
+                client: SQSClient = session.client("sqs", region_name=region, endpoint_url=settings.endpoint_url,
+                                                   config=boto_config())
                 payloads = None
                 if settings.payload_bucket:
-                    s3 = boto3.client("s3", region_name=region, endpoint_url=settings.endpoint_url,
-                                      config=boto_config())
+                    s3: S3Client = session.client("s3", region_name=region, endpoint_url=settings.endpoint_url,
+                                                  config=boto_config())
                     payloads = S3Payloads(s3, settings.payload_bucket, settings.payload_prefix)
                 built[settings] = SqsDeadLetters(client, {}, default_url=settings.queue_url, payloads=payloads)
         return built[settings]
@@ -161,7 +248,11 @@ class Engine:
 
 def build_engine(config: Config, *, clock: Clock | None = None, metrics: Metrics | None = None,
                  dead_letters: DeadLetterSink | None = None, clients: Mapping[str, Any] | None = None,
-                 prepare: bool = True) -> Engine:
+                 prepare: bool = True, unmapped: Literal["skip", "park"] | None = None) -> Engine:
+    """The engine for `config`: a writer per target, the dead-letter routing and the pipeline.
+
+    `unmapped` overrides the config's choice for records of tables no target wants (redrive of a
+    stream-wide store passes "park", so that what is still unmapped stays in the store)."""
     clock = clock or SystemClock()
     metrics = metrics or EmfMetrics(namespace=config.metrics_namespace)
     dead_letters = dead_letters or make_dead_letters(config)
@@ -171,10 +262,11 @@ def build_engine(config: Config, *, clock: Clock | None = None, metrics: Metrics
     pipeline = Pipeline(
         config.rules(), writers, dead_letters, metrics, clock,
         retry_budget_seconds={t.name: t.retry_budget_seconds for t in config.targets},
-        unmapped=config.unmapped,
+        unmapped=unmapped or config.unmapped,
         precision=config.precision,
     )
     return Engine(config, pipeline, writers, dead_letters)
 
 
-__all__ = ["POISON_STORE", "UNMAPPED_STORE", "Engine", "build_engine", "session_for"]
+__all__ = ["POISON_STORE", "UNMAPPED_STORE", "Engine", "base_session", "build_engine", "configure_aws",
+           "lease_clients", "session_for", "source_dynamodb", "source_kinesis", "target_specs"]

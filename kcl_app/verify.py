@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import Any, Literal
 
-from kcl_app.backfill import TargetSpec, call, key_names_of, scan_pages, shape_item, writer_for
+from kcl_app.adapters.scan import TargetSpec, call, key_names_of, scan_pages, shape_item, writer_for
 from kcl_app.core.attrs import AttributeValue, Item, item_to_wire, key_id, key_of
 from kcl_app.core.fence import REPAIR_SUFFIX, StillAt, repair_version
 from kcl_app.core.plan import Write

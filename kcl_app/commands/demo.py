@@ -46,7 +46,6 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=2, help="KCL workers (default 2)")
     p.add_argument("--settle-timeout", type=float, default=120.0, help="seconds to wait for the targets to level")
     p.add_argument("--keep", action="store_true", help="keep the work directory (logs, config, dead letters)")
-    p.set_defaults(handler=run)
     return p
 
 
@@ -244,6 +243,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    from kcl_app.cli import main
+    from kcl_app.commands import standalone
 
-    sys.exit(main(["demo", *sys.argv[1:]]))
+    sys.exit(standalone("demo"))

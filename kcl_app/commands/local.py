@@ -21,7 +21,7 @@ import sys
 import time
 from typing import Any
 
-from kcl_app.commands import described
+from kcl_app.commands import described, standalone
 from kcl_app.local import stack
 
 
@@ -41,7 +41,6 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     sub.add_parser("info", help="show the emulator's state")
     for p in (up, down, sub.choices["info"]):
         p.add_argument("--state-dir", default=None, help="default: $TABLESYNC_HOME/local or ./.tablesync/local")
-    parser.set_defaults(func=run)
     return parser
 
 
@@ -137,10 +136,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="tablesync")
-    add_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["local", *(sys.argv[1:] if argv is None else argv)])
-    return run(args)
+    return standalone("local", argv)
 
 
 if __name__ == "__main__":

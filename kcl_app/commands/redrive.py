@@ -34,9 +34,8 @@ from typing import Any
 from botocore.exceptions import BotoCoreError, ClientError
 
 from kcl_app.adapters.clock import SystemClock
-from kcl_app.commands import described
-from kcl_app.commands.backfill import source_client, target_specs
-from kcl_app.compose import build_engine
+from kcl_app.commands import described, standalone
+from kcl_app.compose import build_engine, source_dynamodb, target_specs
 from kcl_app.config import Config, load
 from kcl_app.core.errors import ReplicationError
 from kcl_app.pipeline import POISON_STORE, UNMAPPED_STORE
@@ -63,7 +62,7 @@ def reread_for(config: Config, name: str, clock: Clock) -> Reread:
     """How entries too old to replay are settled: the verifier's fenced repair from the source."""
     target = config.target(name)
     spec = target_specs(config, [name])[0]
-    verifier = Verifier(source_client(config), target.source_table, [spec], clock)
+    verifier = Verifier(source_dynamodb(config), target.source_table, [spec], clock)
     max_age = config.tombstone_ttl_seconds if target.mode == "exact" else None
     return Reread(lambda key: verifier.repair_key(spec, key), clock, max_age, config.precision)
 
@@ -91,9 +90,9 @@ def run(args: argparse.Namespace) -> int:
         config = load(args.config)
         if not stream_wide:
             config.target(args.target)  # an unknown name is refused before anything is built
-        engine = build_engine(config, clock=clock)
+        # stream-wide: what is still unmapped is parked again, so it stays in the store
+        engine = build_engine(config, clock=clock, unmapped="park" if stream_wide else None)
         if stream_wide:
-            engine.pipeline.unmapped = "park"  # what is still unmapped stays in the store
             reread = Reread(None, clock, config.tombstone_ttl_seconds, config.precision)
         else:
             reread = reread_for(config, args.target, clock)
@@ -122,7 +121,4 @@ def run(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    _parser = argparse.ArgumentParser(prog="tablesync")
-    _sub = _parser.add_subparsers(dest="command", required=True)
-    add_parser(_sub)
-    sys.exit(run(_parser.parse_args()))
+    sys.exit(standalone("redrive"))

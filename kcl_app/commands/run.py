@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from kcl_app import daemon
-from kcl_app.commands import described
+from kcl_app.commands import UsageError, described, standalone
 
 log = logging.getLogger(__name__)
 
@@ -40,12 +40,8 @@ GRACE_MARGIN_S = 10.0
 DUMMY_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
 
 
-class UsageError(ValueError):
-    """The command line or the template cannot work; the message says why."""
-
-
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Register ``run`` on an argparse subparsers object (``func`` default set to :func:`run`)."""
+    """Register ``run`` on an argparse subparsers object (the global ``--region``/``--profile`` apply)."""
     parser: argparse.ArgumentParser = subparsers.add_parser(
         "run", help="run the KCL daemon with the tablesync record processor",
         **described(__doc__))
@@ -53,12 +49,10 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--config", required=True, type=Path, help="targets file given to the processor")
     parser.add_argument("--stream", help="Kinesis stream name (streamName; replaces streamArn)")
     parser.add_argument("--app", help="KCL application name (applicationName; names the lease table)")
-    parser.add_argument("--region", help="AWS region (default: AWS_REGION / AWS_DEFAULT_REGION)")
     parser.add_argument("--endpoint", help="emulator URL for Kinesis, DynamoDB and CloudWatch")
     parser.add_argument("--initial-position", metavar="POS",
                         help="TRIM_HORIZON | LATEST | AT_TIMESTAMP:<epoch seconds or ISO-8601>")
     parser.add_argument("--log-file", type=Path, help="append the daemon's log here (default: stderr)")
-    parser.set_defaults(func=run)
     return parser
 
 
@@ -131,6 +125,8 @@ def daemon_environment(args: argparse.Namespace, environ: dict[str, str]) -> dic
         env.update(DUMMY_CREDENTIALS)
     if args.region:
         env["AWS_REGION"] = env["AWS_DEFAULT_REGION"] = args.region
+    if getattr(args, "profile", None):
+        env["AWS_PROFILE"] = args.profile
     return env
 
 
@@ -158,12 +154,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(stream=sys.stderr, level=os.environ.get("TABLESYNC_LOG_LEVEL", "INFO").upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    parser = argparse.ArgumentParser(prog="tablesync")
-    add_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["run", *(sys.argv[1:] if argv is None else argv)])
-    return int(args.func(args))
+    return standalone("run", argv)
 
 
 if __name__ == "__main__":

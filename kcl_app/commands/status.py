@@ -6,7 +6,7 @@ A human table by default, `--json` for machines. The KCL's checkpoint values: a 
 or TRIM_HORIZON / LATEST (not processed yet), or SHARD_END (a closed shard, fully processed).
 
 Exit codes: 0 the leases were read; 1 no lease table of that name (the application never started
-a worker in that region).
+a worker in that region); 2 no region known (give the global --region, AWS_REGION or a profile's).
 """
 
 from __future__ import annotations
@@ -17,10 +17,10 @@ import os
 import sys
 from typing import Any
 
-import boto3
+from botocore.exceptions import NoRegionError
 
 from kcl_app.commands import described
-from kcl_app.compose import boto_config
+from kcl_app.compose import lease_clients
 
 SENTINELS = {"TRIM_HORIZON", "LATEST", "SHARD_END", "AT_TIMESTAMP"}
 
@@ -33,10 +33,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--app", required=True, help="KCL application name (the lease table's name, unless --lease-table)")
     p.add_argument("--lease-table", help="lease table name if it differs from --app")
     p.add_argument("--stream", help="stream name: adds 'behind' per shard (one GetRecords per shard)")
-    p.add_argument("--region", default=os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION"))
     p.add_argument("--endpoint", default=os.environ.get("AWS_ENDPOINT_URL"), help="emulator endpoint URL")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    p.set_defaults(handler=run)
     return p
 
 
@@ -81,17 +79,21 @@ def behind_millis(kinesis: Any, stream: str, lease: dict[str, Any]) -> int | Non
 
 def run(args: argparse.Namespace) -> int:
     table = args.lease_table or args.app
-    dynamodb = boto3.client("dynamodb", region_name=args.region, endpoint_url=args.endpoint, config=boto_config())
     try:
-        leases = read_leases(dynamodb, table)
-    except dynamodb.exceptions.ResourceNotFoundException:
+        clients = lease_clients(getattr(args, "region", None), args.endpoint)
+    except NoRegionError:
+        print("tablesync status: no AWS region: pass --region REGION (the lease table's region), "
+              "or set AWS_REGION", file=sys.stderr)
+        return 2
+    try:
+        leases = read_leases(clients.dynamodb, table)
+    except clients.dynamodb.exceptions.ResourceNotFoundException:
         print(f"tablesync status: no lease table {table!r}: has a worker of application {args.app!r} ever started "
-              f"in {args.region}?", file=sys.stderr)
+              f"in {clients.region}?", file=sys.stderr)
         return 1
     if args.stream:
-        kinesis = boto3.client("kinesis", region_name=args.region, endpoint_url=args.endpoint, config=boto_config())
         for lease in leases:
-            lease["behind_ms"] = behind_millis(kinesis, args.stream, lease)
+            lease["behind_ms"] = behind_millis(clients.kinesis, args.stream, lease)
     if args.json:
         print(json.dumps({"lease_table": table, "shards": leases}, indent=2))
         return 0

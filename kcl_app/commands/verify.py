@@ -28,8 +28,8 @@ from typing import Any
 from botocore.exceptions import BotoCoreError, ClientError
 
 from kcl_app.adapters.clock import SystemClock
-from kcl_app.commands import described
-from kcl_app.commands.backfill import source_client, target_specs
+from kcl_app.commands import described, standalone
+from kcl_app.compose import source_dynamodb, target_specs
 from kcl_app.config import load
 from kcl_app.core.errors import ReplicationError
 from kcl_app.verify import TargetReport, Verifier, VerifyProgress, VerifyReport
@@ -87,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
     reports: list[VerifyReport] = []
     try:
         config = load(args.config)
-        source = source_client(config)
+        source = source_dynamodb(config)
         specs = target_specs(config, args.target)
         tables = sorted({s.rule.source_table for s in specs})
         for table in tables:
@@ -111,7 +111,4 @@ def run(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    _parser = argparse.ArgumentParser(prog="tablesync")
-    _sub = _parser.add_subparsers(dest="command", required=True)
-    add_parser(_sub)
-    sys.exit(run(_parser.parse_args()))
+    sys.exit(standalone("verify"))
