@@ -14,7 +14,7 @@ import logging
 import os
 import re
 import urllib.parse
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -96,7 +96,8 @@ def session_for(target: TargetConfig, base: boto3.Session | None = None) -> boto
     def client_creator(service: str, **kwargs: Any) -> Any:
         if sts_endpoint and "endpoint_url" not in kwargs:
             kwargs["endpoint_url"] = sts_endpoint
-        return base.client(service, region_name=target.region, **kwargs)
+        make: Callable[..., Any] = base.client  # any service, by name: the overloads cannot be chosen here
+        return make(service, region_name=target.region, **kwargs)
 
     fetcher = AssumeRoleCredentialFetcher(
         client_creator=client_creator,
@@ -105,7 +106,8 @@ def session_for(target: TargetConfig, base: boto3.Session | None = None) -> boto
         extra_args=extra,
     )
     core = botocore.session.Session()
-    core._credentials = DeferredRefreshableCredentials(  # noqa: SLF001 - the documented way to plug a provider
+    # the documented way to plug a credential provider; botocore's stubs do not declare the attribute
+    core._credentials = DeferredRefreshableCredentials(  # type: ignore[attr-defined]  # noqa: SLF001
         refresh_using=fetcher.fetch_credentials, method="assume-role"
     )
     return boto3.Session(botocore_session=core, region_name=target.region)

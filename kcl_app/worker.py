@@ -20,6 +20,7 @@ from kcl_app.adapters.metrics import EmfMetrics
 from kcl_app.adapters.processor import ReplicationProcessor
 from kcl_app.compose import build_engine
 from kcl_app.core.errors import ConfigError
+from kcl_app.pipeline import Pipeline
 
 log = logging.getLogger("tablesync.worker")
 
@@ -51,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
             log.error("cannot open TABLESYNC_METRICS_FILE %s (%s): metrics go to stderr", metrics_path, exc)
     metrics = EmfMetrics(stream=stream, namespace=cfg.metrics_namespace)
 
-    def factory():  # built on initialize, so a worker that never gets a lease touches nothing
+    def factory() -> Pipeline:  # built on initialize, so a worker that never gets a lease touches nothing
         return build_engine(cfg, clock=clock, metrics=metrics).pipeline
 
     kcl.KCLProcess(ReplicationProcessor(factory, clock, metrics)).run()

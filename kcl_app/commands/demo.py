@@ -23,22 +23,22 @@ from pathlib import Path
 from typing import Any
 
 from kcl_app.adapters.clock import SystemClock
-from kcl_app.backfill import TargetSpec
+from kcl_app.adapters.scan import TargetSpec
 from kcl_app.commands import described
 from kcl_app.config import load
 from kcl_app.local.fleet import Fleet, create_source, create_table, differences, lease_owners, read_metrics, scan
 from kcl_app.verify import Verifier
 
 SOURCE_REGION = "us-east-1"
-TARGETS = (
+TARGETS: tuple[dict[str, Any], ...] = (
     {"name": "dr", "region": "eu-west-1", "table": "demo-orders-dr"},
     {"name": "lite", "region": "ap-southeast-2", "table": "demo-orders-lite", "exclude": ["secret", "blob"]},
 )
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
-    p = subparsers.add_parser("demo", help="run the whole pipeline on the local stack and verify it",
-                              **described(__doc__))
+    p: argparse.ArgumentParser = subparsers.add_parser(
+        "demo", help="run the whole pipeline on the local stack and verify it", **described(__doc__))
     p.add_argument("--rate", type=float, default=40.0, help="source writes per second (default 40)")
     p.add_argument("--seconds", type=float, default=20.0, help="how long to write (default 20)")
     p.add_argument("--keys", type=int, default=150, help="distinct item keys (default 150)")

@@ -26,7 +26,7 @@ SENTINELS = {"TRIM_HORIZON", "LATEST", "SHARD_END", "AT_TIMESTAMP"}
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
-    p = subparsers.add_parser(
+    p: argparse.ArgumentParser = subparsers.add_parser(
         "status", help="show the KCL leases: owner, checkpoint and lag per shard",
         **described(__doc__),
     )
