@@ -10,6 +10,7 @@ demo: setup
 test: setup
 	.venv/bin/ruff check kcl_app tests bench
 	.venv/bin/mypy
+	.venv/bin/lint-imports
 	.venv/bin/pytest -q
 
 bench: setup
