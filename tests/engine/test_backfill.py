@@ -23,11 +23,11 @@ from kcl_app.core.plan import TargetRule
 from kcl_app.core.records import RawRecord
 from kcl_app.pipeline import Pipeline
 from kcl_app.verify import Verifier
+from tests.support.harness import ledger_targets
 from tests.support.source_sim import SourceSim
 from tests.support.tables import create_table, normalise_all, scan_all
 
 SOURCE_REGION = "us-east-1"
-REGIONS = {"a": "eu-west-1", "b": "ap-southeast-2"}
 
 
 def upper_name_drop_skipped(item: Item) -> Item | None:
@@ -127,15 +127,9 @@ class Killed(Exception):
 def build_targets(
     clock: Any, suffix: str, rules: dict[str, TargetRule]
 ) -> tuple[dict[str, TargetSpec], dict[str, LedgerWriter]]:
-    specs, writers = {}, {}
-    for name, region in REGIONS.items():
-        client = boto3.client("dynamodb", region_name=region)
-        table, ledger = f"t-{name}-{suffix}", f"l-{name}-{suffix}"
-        create_table(client, table)
-        ensure_ledger(client, ledger)
-        specs[name] = TargetSpec(rules[name], client, table, "exact", ledger)
-        writers[name] = LedgerWriter(name, client, table, ledger, clock)
-    return specs, writers
+    targets = ledger_targets(clock, suffix=suffix)
+    specs = {n: TargetSpec(rules[n], t.client, t.table, "exact", t.ledger) for n, t in targets.items()}
+    return specs, {n: t.writer for n, t in targets.items()}
 
 
 def expected_for(rule: TargetRule, source_items: dict[str, Item]) -> dict[str, Item]:

@@ -14,25 +14,23 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import boto3
 import pytest
 from botocore.exceptions import ClientError
 
 from kcl_app.adapters.dead_letters import DirectoryDeadLetters
-from kcl_app.adapters.ledger import LedgerWriter, ensure_ledger
+from kcl_app.adapters.ledger import LedgerWriter
 from kcl_app.adapters.metrics import RecordingMetrics
 from kcl_app.adapters.retry import Backoff
 from kcl_app.core.attrs import MAX_ITEM_BYTES, Item
-from kcl_app.core.errors import ParkFailed
 from kcl_app.core.plan import TargetRule
 from kcl_app.core.records import RawRecord
 from kcl_app.pipeline import POISON_STORE, UNMAPPED_STORE, Pipeline
 from kcl_app.ports import DeadLetter
 from kcl_app.redrive import redrive
+from tests.support.harness import TARGET_REGIONS, FailingStore, ledger_targets
 from tests.support.source_sim import SourceSim
-from tests.support.tables import create_table, normalise_all, scan_all
+from tests.support.tables import normalise_all, scan_all
 
-REGIONS = {"a": "eu-west-1", "b": "ap-southeast-2"}
 BUDGET = 30.0
 CHANGED = 6  # keys changed by source(): one write per key and target after coalescing
 
@@ -58,23 +56,6 @@ class Faulty:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.client, name)
-
-
-class FailingStore:
-    """A dead-letter store that refuses every park (a full disk, a deleted queue)."""
-
-    def __init__(self) -> None:
-        self.attempts = 0
-
-    def park(self, entries: Sequence[DeadLetter]) -> None:
-        self.attempts += 1
-        raise ParkFailed(entries[0].store, "OSError: [Errno 28] No space left on device")
-
-    def read(self, store: str) -> Iterator[tuple[str, DeadLetter]]:
-        return iter(())
-
-    def remove(self, store: str, handles: Sequence[str]) -> None:
-        raise AssertionError("nothing to remove")
 
 
 @dataclass
@@ -104,19 +85,15 @@ def build(moto, clock, tmp_path) -> Iterator[Any]:
 
     def make(*, wrap: dict[str, Any] | None = None, rules: list[TargetRule] | None = None,
              create: Sequence[str] = ("a", "b"), sink: Any = None, unmapped: str = "skip") -> Stack:
-        clients = {name: boto3.client("dynamodb", region_name=region) for name, region in REGIONS.items()}
-        tables = {name: f"orders-{name}" for name in REGIONS}
-        writers = {}
-        for name, client in clients.items():
-            if name in create:
-                create_table(client, tables[name])
-            ensure_ledger(client, f"ledger-{name}")
-            used = (wrap or {}).get(name, lambda c: c)(client)
-            writers[name] = LedgerWriter(name, used, tables[name], f"ledger-{name}", clock,
-                                         backoff=Backoff(rng=random.Random(3)))
+        targets = ledger_targets(clock, table="orders-{name}", ledger="ledger-{name}", create=create, wrap=wrap,
+                                 backoff=lambda: Backoff(rng=random.Random(3)))
+        clients = {name: t.client for name, t in targets.items()}
+        tables = {name: t.table for name, t in targets.items()}
+        writers = {name: t.writer for name, t in targets.items()}
         store = sink if sink is not None else DirectoryDeadLetters(tmp_path / "dead-letters")
         metrics = RecordingMetrics()
-        pipeline = Pipeline(rules or [TargetRule(name, "orders") for name in REGIONS], writers, store, metrics, clock,
+        rules = rules or [TargetRule(name, "orders") for name in TARGET_REGIONS]
+        pipeline = Pipeline(rules, writers, store, metrics, clock,
                             retry_budget_seconds=BUDGET, unmapped=unmapped)  # type: ignore[arg-type]
         stack = Stack(pipeline, clients, tables, store, metrics, writers)
         stacks.append(stack)

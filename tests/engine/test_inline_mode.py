@@ -20,7 +20,6 @@ from hypothesis import strategies as st
 
 from kcl_app.adapters.dead_letters import DirectoryDeadLetters
 from kcl_app.adapters.inline import InlineWriter
-from kcl_app.adapters.ledger import LedgerWriter, ensure_ledger
 from kcl_app.adapters.metrics import RecordingMetrics
 from kcl_app.adapters.retry import Backoff
 from kcl_app.core.attrs import Item
@@ -29,6 +28,7 @@ from kcl_app.core.records import RawRecord, decode
 from kcl_app.core.versions import Version
 from kcl_app.pipeline import Pipeline
 from tests.property.strategies import attributes
+from tests.support.harness import ledger_targets
 from tests.support.source_sim import SourceSim
 from tests.support.tables import create_table, normalise_all, scan_all
 
@@ -46,14 +46,11 @@ def inline_pipeline(clock: Any) -> tuple[Pipeline, Any, str]:
 
 
 def exact_pipeline(clock: Any) -> tuple[Pipeline, Any, str]:
-    client = boto3.client("dynamodb", region_name="eu-west-2")
-    suffix = uuid.uuid4().hex[:8]
-    table, ledger = f"exact-{suffix}", f"exact-ledger-{suffix}"
-    create_table(client, table)
-    ensure_ledger(client, ledger)
-    writer = LedgerWriter("t", client, table, ledger, clock)
+    target = ledger_targets(clock, regions={"t": "eu-west-2"}, table="exact-{suffix}",
+                            ledger="exact-ledger-{suffix}")["t"]
     sink = DirectoryDeadLetters(tempfile.mkdtemp(prefix="ts-exact-dl-"))
-    return Pipeline([TargetRule("t", "src")], {"t": writer}, sink, RecordingMetrics(), clock), client, table
+    pipeline = Pipeline([TargetRule("t", "src")], {"t": target.writer}, sink, RecordingMetrics(), clock)
+    return pipeline, target.client, target.table
 
 
 def records(sim: SourceSim) -> list[RawRecord]:

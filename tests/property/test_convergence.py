@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from kcl_app.adapters.dead_letters import DirectoryDeadLetters
-from kcl_app.adapters.ledger import LedgerWriter, ensure_ledger
+from kcl_app.adapters.ledger import LedgerWriter
 from kcl_app.adapters.metrics import RecordingMetrics
 from kcl_app.core.plan import TargetRule, Write
 from kcl_app.core.records import RawRecord
@@ -24,10 +24,9 @@ from kcl_app.pipeline import Pipeline
 from kcl_app.ports import ApplyResult
 from kcl_app.redrive import redrive
 from tests.property.strategies import deliveries, operations
+from tests.support.harness import TARGET_REGIONS, ledger_targets
 from tests.support.source_sim import SourceSim
 from tests.support.tables import create_table, normalise_all, scan_all
-
-REGIONS = {"a": "eu-west-1", "b": "ap-southeast-2"}
 
 
 class OutageWriter:
@@ -55,13 +54,8 @@ def build_source(ops: list[tuple[str, str, dict]]) -> SourceSim:
 
 
 def run_fenced(sim: SourceSim, plan: list[tuple[int, list[int], bool]], clock) -> dict[str, dict]:
-    suffix = uuid.uuid4().hex[:8]
-    clients = {n: boto3.client("dynamodb", region_name=r) for n, r in REGIONS.items()}
-    writers = {}
-    for name, client in clients.items():
-        create_table(client, f"t-{name}-{suffix}")
-        ensure_ledger(client, f"l-{name}-{suffix}")
-        writers[name] = OutageWriter(LedgerWriter(name, client, f"t-{name}-{suffix}", f"l-{name}-{suffix}", clock))
+    targets = ledger_targets(clock)
+    writers = {name: OutageWriter(t.writer) for name, t in targets.items()}
     rules = [TargetRule(name, "source") for name in writers]
     sink = DirectoryDeadLetters(tempfile.mkdtemp(prefix="ts-dlq-"))
     raws = [RawRecord(d, str(i).zfill(20)) for i, d in enumerate(sim.records)]
@@ -78,7 +72,7 @@ def run_fenced(sim: SourceSim, plan: list[tuple[int, list[int], bool]], clock) -
         assert again.read == 0
     for p in shards:
         p.close()
-    return {name: scan_all(client, f"t-{name}-{suffix}") for name, client in clients.items()}
+    return {name: scan_all(t.client, t.table) for name, t in targets.items()}
 
 
 def run_naive(sim: SourceSim, plan: list[tuple[int, list[int], bool]]) -> dict[str, dict]:
@@ -86,7 +80,7 @@ def run_naive(sim: SourceSim, plan: list[tuple[int, list[int], bool]]) -> dict[s
     import json
 
     suffix = uuid.uuid4().hex[:8]
-    clients = {n: boto3.client("dynamodb", region_name=r) for n, r in REGIONS.items()}
+    clients = {n: boto3.client("dynamodb", region_name=r) for n, r in TARGET_REGIONS.items()}
     for name, client in clients.items():
         create_table(client, f"n-{name}-{suffix}")
     for _, batch, _ in plan:

@@ -19,7 +19,7 @@ from kcl_app.adapters.metrics import RecordingMetrics
 from kcl_app.adapters.processor import EXIT_UNSETTLED, ReplicationProcessor
 from kcl_app.compose import build_engine
 from kcl_app.config import parse
-from kcl_app.core.errors import ParkFailed
+from tests.support.harness import FailingStore
 from tests.support.source_sim import SourceSim
 from tests.support.tables import create_table, scan_all
 
@@ -134,23 +134,12 @@ def test_poison_record_is_parked_and_the_batch_still_checkpoints(engine, clock, 
     assert set(scan_all(client, "copy-one")) == {'{"pk":{"S":"ok"}}'}
 
 
-class BrokenSink:
-    def park(self, entries):
-        raise ParkFailed("_poison", "disk full")
-
-    def read(self, store):
-        return iter(())
-
-    def remove(self, store, handles):
-        pass
-
-
 def test_unparkable_batch_checkpoints_only_before_it_and_exits(clock, tmp_path) -> None:
     client = boto3.client("dynamodb", region_name="eu-west-1")
     create_table(client, "copy-two")
     cfg = parse({"targets": [{"name": "two", "source_table": "source", "region": "eu-west-1",
                               "table": "copy-two"}]})
-    eng = build_engine(cfg, clock=clock, metrics=RecordingMetrics(), dead_letters=BrokenSink())
+    eng = build_engine(cfg, clock=clock, metrics=RecordingMetrics(), dead_letters=FailingStore("disk full"))
     sim = SourceSim("source")
     sim.put({"pk": {"S": "first"}})
     proc = ReplicationProcessor(lambda: eng.pipeline, clock, RecordingMetrics(), exit=_exit)
