@@ -39,14 +39,3 @@ class ParkFailed(ReplicationError):
 
     def __str__(self) -> str:
         return f"dead-letter store {self.store!r} failed: {self.reason}"
-
-
-@dataclass
-class TransformFailed(ReplicationError):
-    """A target's transform hook raised or returned something that cannot be written."""
-
-    target: str
-    reason: str
-
-    def __str__(self) -> str:
-        return f"transform of target {self.target!r} failed: {self.reason}"
