@@ -8,12 +8,16 @@ clients they are given, and raise StreamNotReady with the reason and what to do.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
 from kcl_app.adapters.retry import error_code
 from kcl_app.core.errors import ReplicationError
+
+if TYPE_CHECKING:
+    from types_boto3_dynamodb import DynamoDBClient
+    from types_boto3_kinesis import KinesisClient
 
 
 class StreamNotReady(ReplicationError):
@@ -24,7 +28,7 @@ class StreamNotReady(ReplicationError):
         self.reason = reason
 
 
-def stream_of(dynamodb: Any, table: str) -> str:
+def stream_of(dynamodb: DynamoDBClient, table: str) -> str:
     """The name of the Kinesis stream the table's streaming destination writes to."""
     try:
         answer = dynamodb.describe_kinesis_streaming_destination(TableName=table)
@@ -39,7 +43,7 @@ def stream_of(dynamodb: Any, table: str) -> str:
     return str(active[0]["StreamArn"]).rsplit("/", 1)[-1]
 
 
-def check_stream_consumer(dynamodb: Any, kinesis: Any, app: str, stream: str) -> list[str]:
+def check_stream_consumer(dynamodb: DynamoDBClient, kinesis: KinesisClient, app: str, stream: str) -> list[str]:
     """Check that the KCL application `app` holds a lease for every open shard of `stream`.
 
     A lease checkpointed at LATEST that no worker owns yet is refused: the consumer would start
@@ -64,12 +68,11 @@ def check_stream_consumer(dynamodb: Any, kinesis: Any, app: str, stream: str) ->
             "until it holds a lease for every shard, or pass --skip-stream-check if those changes will reach "
             "the targets another way (e.g. a replay from TRIM_HORIZON).") from exc
     by_shard = {str(lease["leaseKey"]["S"]).rsplit(":", 1)[-1]: lease for lease in leases if "leaseKey" in lease}
-    shards: list[dict[str, Any]] = []
-    page = kinesis.list_shards(StreamName=stream)
-    shards += page["Shards"]
-    while page.get("NextToken"):
-        page = kinesis.list_shards(NextToken=page["NextToken"])
-        shards += page["Shards"]
+    listed = kinesis.list_shards(StreamName=stream)
+    shards = list(listed["Shards"])
+    while listed.get("NextToken"):
+        listed = kinesis.list_shards(NextToken=listed["NextToken"])
+        shards += listed["Shards"]
     open_ids = [s["ShardId"] for s in shards if "EndingSequenceNumber" not in s.get("SequenceNumberRange", {})]
     missing = [s for s in open_ids if s not in by_shard]
     if missing:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from kcl_app.adapters.retry import describe
 from kcl_app.config import Config, TargetConfig
@@ -20,6 +20,9 @@ from kcl_app.core.retry import READS, Backoff, RetryBudgetSpent, until
 from kcl_app.core.versions import Version
 from kcl_app.ports import Clock, GuardedWriter
 
+if TYPE_CHECKING:
+    from types_boto3_dynamodb import DynamoDBClient
+
 BACKFILL_VERSION = Version(0, "backfill")
 Mode = Literal["exact", "inline"]
 
@@ -29,7 +32,7 @@ class TargetSpec:
     """One target as the scanners see it: its rule, a client for its region/account, its tables."""
 
     rule: TargetRule
-    client: Any
+    client: Any  # a DynamoDBClient; Any while the writers build their transactions as plain dicts
     table: str
     mode: Mode = "exact"
     ledger_table: str | None = None
@@ -42,7 +45,7 @@ class TargetSpec:
         return self.rule.name
 
     @classmethod
-    def from_config(cls, target: TargetConfig, config: Config, client: Any) -> TargetSpec:
+    def from_config(cls, target: TargetConfig, config: Config, client: DynamoDBClient) -> TargetSpec:
         return cls(target.rule(), client, target.table, target.mode,
                    target.ledger if target.mode == "exact" else None,
                    target.version_attribute, config.tombstone_ttl_seconds)
@@ -67,7 +70,7 @@ class SourceProblem(ReplicationError):
     """The source table cannot be read as needed (missing, no key schema)."""
 
 
-def key_names_of(client: Any, table: str) -> tuple[str, ...]:
+def key_names_of(client: DynamoDBClient, table: str) -> tuple[str, ...]:
     """The key attribute names of a table, partition key first."""
     try:
         schema = client.describe_table(TableName=table)["Table"]["KeySchema"]
@@ -103,7 +106,7 @@ def call(clock: Clock, fn: Callable[..., Any], budget: float = 60.0, backoff: Ba
         raise spent.cause from None
 
 
-def scan_pages(clock: Clock, client: Any, table: str, segment: int, total: int, *,
+def scan_pages(clock: Clock, client: DynamoDBClient, table: str, segment: int, total: int, *,
                start_key: Item | None = None, limit: int | None = None,
                consistent: bool = True) -> Iterator[tuple[list[Item], Item | None]]:
     """Yield (items, LastEvaluatedKey or None) for one segment of a parallel Scan."""
