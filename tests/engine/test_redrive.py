@@ -316,10 +316,10 @@ def test_redrive_reports_its_progress(clock: Any, tmp_path: Path, capsys: Any) -
         "redrive down: so far read 3, applied 1, stale 2, re-read 0, still failing 0\n")
 
 
-def stream_wide_config(tmp_path: Path, extra: str = "") -> Path:
+def stream_wide_config(tmp_path: Path, extra: str = "", unmapped: str = "park") -> Path:
     path = tmp_path / "targets.toml"
     path.write_text(f"""
-unmapped = "park"
+unmapped = "{unmapped}"
 
 [dead_letter]
 kind = "dir"
@@ -369,6 +369,33 @@ def test_unmapped_records_are_redriven_once_their_table_is_mapped(clock: Any, tm
     assert normalise_all(scan_all(eu, "copy-users")) == normalise_all(users.items)
     left = sorted(json.loads(e.data)["tableName"] for _, e in engine.dead_letters.read("_unmapped"))
     assert left == ["audit", "users"], "audit parked anew, the old users record left as it was"
+
+
+@pytest.mark.usefixtures("moto")
+def test_a_stream_wide_redrive_keeps_what_is_still_unmapped_even_when_the_config_skips_it(
+        clock: Any, tmp_path: Path, capsys: Any) -> None:
+    eu = boto3.client("dynamodb", region_name="eu-west-1")
+    create_table(eu, "copy-orders")
+    create_table(eu, "copy-users")
+    users, audit = SourceSim("users", start_micros=recent()), SourceSim("audit", start_micros=recent())
+    users.put({"pk": {"S": "u0"}})
+    audit.put({"pk": {"S": "a0"}})
+    engine = build_engine(load(stream_wide_config(tmp_path)), clock=clock, metrics=RecordingMetrics())
+    assert engine.pipeline.process(users.raw_records() + audit.raw_records()).complete
+    engine.close()
+
+    # the operator maps `users` and sets unmapped back to "skip": redrive must still not drop `audit`
+    skipping = load(stream_wide_config(tmp_path, extra=USERS_TARGET, unmapped="skip"))
+    assert build_engine(skipping, clock=clock, metrics=RecordingMetrics()).pipeline.unmapped == "skip"
+    parser = argparse.ArgumentParser()
+    redrive_cmd.add_parser(parser.add_subparsers())
+    args = parser.parse_args(["redrive", "--config", str(tmp_path / "targets.toml"), "--store", "_unmapped",
+                              "--json"])
+    assert redrive_cmd.run(args) == 1, "audit is still unmapped"
+    report = json.loads(capsys.readouterr().out)
+    assert report == {**report, "read": 2, "applied": 1, "still_failing": 1}
+    left = [json.loads(e.data)["tableName"] for _, e in engine.dead_letters.read("_unmapped")]
+    assert left == ["audit"]
 
 
 @pytest.mark.usefixtures("moto")
