@@ -172,7 +172,7 @@ def lease_clients(region: str | None = None, endpoint_url: str | None = None) ->
     return LeaseClients(dynamodb, kinesis, dynamodb.meta.region_name)
 
 
-def make_writer(target: TargetConfig, config: Config, clock: Clock, client: Any | None = None,
+def make_writer(target: TargetConfig, config: Config, clock: Clock, client: DynamoDBClient | None = None,
                 prepare: bool = True) -> TargetWriter:
     client = client or dynamodb_client(target)
     if target.mode == "inline":
@@ -249,7 +249,7 @@ class Engine:
 
 
 def build_engine(config: Config, *, clock: Clock | None = None, metrics: Metrics | None = None,
-                 dead_letters: DeadLetterSink | None = None, clients: Mapping[str, Any] | None = None,
+                 dead_letters: DeadLetterSink | None = None, clients: Mapping[str, DynamoDBClient] | None = None,
                  prepare: bool = True, unmapped: Literal["skip", "park"] | None = None) -> Engine:
     """The engine for `config`: a writer per target, the dead-letter routing and the pipeline.
 
