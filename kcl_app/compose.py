@@ -62,9 +62,15 @@ def configure_aws(profile: str | None = None, region: str | None = None) -> None
     _aws = AwsSettings(profile or None, region or None)
 
 
+def default_region() -> str | None:
+    """`--region`, else `AWS_REGION` (which botocore itself does not read), else None: botocore then
+    takes `AWS_DEFAULT_REGION` or the profile's region."""
+    return _aws.region or os.environ.get("AWS_REGION") or None
+
+
 def base_session() -> boto3.Session:
     """A session with the configured profile and default region. Raises botocore's ProfileNotFound."""
-    return boto3.Session(profile_name=_aws.profile, region_name=_aws.region)
+    return boto3.Session(profile_name=_aws.profile, region_name=default_region())
 
 
 def boto_config(max_pool: int = 32, timeout: float = 10.0) -> BotoConfig:
@@ -125,13 +131,13 @@ def dynamodb_client(target: TargetConfig, session: boto3.Session | None = None) 
 
 def source_dynamodb(config: Config, max_pool: int = 64) -> DynamoDBClient:
     """A DynamoDB client for the source side (the worker's own credentials, `[source]` region and endpoint)."""
-    return base_session().client("dynamodb", region_name=config.source_region or _aws.region,
+    return base_session().client("dynamodb", region_name=config.source_region or default_region(),
                                  endpoint_url=config.source_endpoint_url, config=boto_config(max_pool=max_pool))
 
 
 def source_kinesis(config: Config) -> KinesisClient:
     """A Kinesis client for the source side (its stream is in the source's region)."""
-    return base_session().client("kinesis", region_name=config.source_region or _aws.region,
+    return base_session().client("kinesis", region_name=config.source_region or default_region(),
                                  endpoint_url=config.source_endpoint_url, config=boto_config())
 
 
@@ -165,9 +171,9 @@ def lease_clients(region: str | None = None, endpoint_url: str | None = None) ->
 
     Raises botocore's NoRegionError when no region is known from anywhere."""
     session = base_session()
-    dynamodb = session.client("dynamodb", region_name=region or _aws.region, endpoint_url=endpoint_url,
+    dynamodb = session.client("dynamodb", region_name=region or default_region(), endpoint_url=endpoint_url,
                               config=boto_config())
-    kinesis = session.client("kinesis", region_name=region or _aws.region, endpoint_url=endpoint_url,
+    kinesis = session.client("kinesis", region_name=region or default_region(), endpoint_url=endpoint_url,
                              config=boto_config())
     return LeaseClients(dynamodb, kinesis, dynamodb.meta.region_name)
 

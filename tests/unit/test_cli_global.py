@@ -93,6 +93,12 @@ def test_compose_builds_every_client_from_the_profile_and_region(tmp_path: Path,
     compose.configure_aws(profile="ops", region="ca-central-1")
     clients = compose.lease_clients()
     assert (clients.region, clients.kinesis.meta.region_name) == ("ca-central-1", "ca-central-1")
+    compose.configure_aws()
+    monkeypatch.setenv("AWS_REGION", "eu-north-1")  # botocore reads only AWS_DEFAULT_REGION: compose reads this one
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-west-2")
+    assert compose.lease_clients().region == "eu-north-1"
+    monkeypatch.delenv("AWS_REGION")
+    assert compose.lease_clients().region == "us-west-2"
     compose.configure_aws(profile="missing")
     with pytest.raises(ProfileNotFound):
         compose.base_session()
