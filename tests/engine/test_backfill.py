@@ -133,7 +133,7 @@ def build_targets(
 
 
 def expected_for(rule: TargetRule, source_items: dict[str, Item]) -> dict[str, Item]:
-    from kcl_app.backfill import shape_item
+    from kcl_app.adapters.scan import shape_item
 
     out = {}
     for kid, item in source_items.items():
