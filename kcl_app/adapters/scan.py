@@ -32,7 +32,7 @@ class TargetSpec:
     """One target as the scanners see it: its rule, a client for its region/account, its tables."""
 
     rule: TargetRule
-    client: Any  # a DynamoDBClient; Any while the writers build their transactions as plain dicts
+    client: DynamoDBClient
     table: str
     mode: Mode = "exact"
     ledger_table: str | None = None
