@@ -13,6 +13,7 @@ from botocore.exceptions import ProfileNotFound
 
 from kcl_app import compose
 from kcl_app.cli import COMMANDS, build_parser
+from kcl_app.commands import command_module
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -46,18 +47,31 @@ def test_version_names_the_installed_distribution(bare_env: dict[str, str]) -> N
     assert done.stdout.split()[1][0].isdigit() or done.stdout.split()[1] == "unknown"
 
 
+REQUIRED = {"run": ["--properties", "p", "--config", "c"], "status": ["--app", "a"],
+            "backfill": ["--config", "c", "--source-table", "t"], "verify": ["--config", "c"],
+            "redrive": ["--config", "c", "--target", "x"], "demo": [], "local": ["info"]}
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_is_registered_the_same_way(command: str) -> None:
+    """add_parser + run, nothing else: the dispatcher calls the module's run, no handler default."""
+    module = command_module(command)
+    assert callable(module.add_parser) and callable(module.run)
+    args = build_parser().parse_args([command, *REQUIRED[command]])
+    assert args.command == command
+    assert not hasattr(args, "func") and not hasattr(args, "handler")
+
+
 @pytest.mark.parametrize("command", [c for c in COMMANDS if c != "local"])
 def test_global_flags_work_before_and_after_the_command(command: str) -> None:
     flags = ["--log-level", "DEBUG", "--log-json", "--profile", "ops", "--region", "eu-west-2"]
-    required = {"run": ["--properties", "p", "--config", "c"], "status": ["--app", "a"],
-                "backfill": ["--config", "c", "--source-table", "t"], "verify": ["--config", "c"],
-                "redrive": ["--config", "c", "--target", "x"], "demo": []}[command]
+    required = REQUIRED[command]
     before = build_parser().parse_args([*flags, command, *required])
     after = build_parser().parse_args([command, *required, *flags])
     for args in (before, after):
         assert (args.log_level, args.log_json, args.profile, args.region) == ("DEBUG", True, "ops", "eu-west-2")
     neither = build_parser().parse_args([command, *required])
-    assert (neither.profile, neither.region, neither.log_json) == (None, None, False)
+    assert (neither.profile, neither.region) == (None, None)  # the standard chain decides
 
 
 def test_local_up_keeps_its_own_region_flag() -> None:
