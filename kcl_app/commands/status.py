@@ -15,12 +15,16 @@ import argparse
 import json
 import os
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import NoRegionError
 
 from kcl_app.commands import described
 from kcl_app.compose import lease_clients
+
+if TYPE_CHECKING:
+    from types_boto3_dynamodb import DynamoDBClient
+    from types_boto3_kinesis import KinesisClient
 
 SENTINELS = {"TRIM_HORIZON", "LATEST", "SHARD_END", "AT_TIMESTAMP"}
 
@@ -38,7 +42,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     return p
 
 
-def read_leases(dynamodb: Any, table: str) -> list[dict[str, Any]]:
+def read_leases(dynamodb: DynamoDBClient, table: str) -> list[dict[str, Any]]:
     leases: list[dict[str, Any]] = []
     kwargs: dict[str, Any] = {"TableName": table, "ConsistentRead": True}
     while True:
@@ -58,7 +62,7 @@ def read_leases(dynamodb: Any, table: str) -> list[dict[str, Any]]:
         kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
 
 
-def behind_millis(kinesis: Any, stream: str, lease: dict[str, Any]) -> int | None:
+def behind_millis(kinesis: KinesisClient, stream: str, lease: dict[str, Any]) -> int | None:
     """MillisBehindLatest as seen from the checkpoint (None when it cannot be known)."""
     checkpoint = lease["checkpoint"]
     if checkpoint == "SHARD_END":
