@@ -22,7 +22,7 @@ from typing import Any
 from botocore.exceptions import BotoCoreError, ClientError
 
 from kcl_app.adapters.clock import SystemClock
-from kcl_app.adapters.consumer import StreamNotReady, check_stream_consumer, stream_of
+from kcl_app.adapters.consumer import check_stream_consumer, stream_of
 from kcl_app.backfill import BackfillState, Progress, backfill
 from kcl_app.commands import UsageError, described, standalone
 from kcl_app.compose import source_dynamodb, source_kinesis, target_specs
@@ -65,13 +65,13 @@ def run(args: argparse.Namespace) -> int:
         source = source_dynamodb(config)
         if not args.skip_stream_check:
             if not args.app:
-                raise StreamNotReady("--app KCL_APP is required to check that the stream consumer started "
-                                     "before the scan (or pass --skip-stream-check)")
+                raise UsageError("--app KCL_APP is required to check that the stream consumer started "
+                                 "before the scan (or pass --skip-stream-check)")
             stream = args.stream or stream_of(source, args.source_table)
             check_stream_consumer(source, source_kinesis(config), args.app, stream)
         specs = target_specs(config, args.target, args.source_table, prepare=True)
         if not specs:
-            raise StreamNotReady(f"no configured target replicates table {args.source_table!r}")
+            raise UsageError(f"no configured target replicates table {args.source_table!r}")
         if args.segments < 1:
             raise UsageError("--segments must be at least 1")
         state = BackfillState.open(args.state_dir, args.source_table, [s.name for s in specs], args.segments)
