@@ -25,13 +25,15 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import socket
 import sys
 import tempfile
+import uuid
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from kcl_app import daemon
+from kcl_app import daemon, supervisor
 from kcl_app.commands import described
 
 log = logging.getLogger(__name__)
@@ -58,6 +60,12 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--initial-position", metavar="POS",
                         help="TRIM_HORIZON | LATEST | AT_TIMESTAMP:<epoch seconds or ISO-8601>")
     parser.add_argument("--log-file", type=Path, help="append the daemon's log here (default: stderr)")
+    parser.add_argument("--fleet-metrics-interval", type=float, default=60.0, metavar="SECONDS",
+                        help="publish the fleet's work (EMF: LeasesToProcess, ...) every SECONDS; 0 = off")
+    parser.add_argument("--auto-scaling-group", metavar="NAME",
+                        help="with --lifecycle-hook: leave this group gracefully when it terminates us")
+    parser.add_argument("--lifecycle-hook", metavar="NAME",
+                        help="termination lifecycle hook completed after the graceful stop")
     parser.set_defaults(func=run)
     return parser
 
@@ -144,6 +152,15 @@ def run(args: argparse.Namespace) -> int:
         return 2
     env = daemon_environment(args, environ)
     props = daemon.parse_properties(rendered)
+    if bool(args.auto_scaling_group) != bool(args.lifecycle_hook):
+        print("tablesync run: give --auto-scaling-group and --lifecycle-hook together", file=sys.stderr)
+        return 2
+    worker_id, add = supervisor.worker_id_for(props, socket.gethostname(), uuid.uuid4().hex)
+    if add:  # the supervisor must know which leases are this worker's
+        rendered += f"workerId = {worker_id}\n"
+    tasks, watcher = supervisor.build(props, env, worker_id=worker_id, endpoint=args.endpoint,
+                                      fleet_interval=args.fleet_metrics_interval,
+                                      group=args.auto_scaling_group, hook=args.lifecycle_hook)
     grace = int(props.get("shutdownGraceMillis", "0")) / 1000 + GRACE_MARGIN_S
     with tempfile.TemporaryDirectory(prefix="tablesync-run-") as work:
         properties_file = Path(work) / "kcl.properties"
@@ -151,10 +168,17 @@ def run(args: argparse.Namespace) -> int:
         try:
             argv = daemon.java_command(properties_file, cbor=not daemon.needs_json_protocol(rendered))
             log.info("KCL application %s on stream %s", props["applicationName"], props.get("streamName"))
-            return daemon.run_foreground(daemon.Daemon(argv, env, args.log_file), grace)
+            tasks.start()
+            try:
+                status = daemon.run_foreground(daemon.Daemon(argv, env, args.log_file), grace)
+            finally:
+                tasks.close()
         except OSError as exc:  # no java, no jars, unwritable log file: nothing was started
             print(f"tablesync run: cannot start the KCL daemon: {exc}", file=sys.stderr)
             return 1
+    if watcher is not None:
+        watcher.complete()  # after the graceful stop: the group may now terminate the instance
+    return status
 
 
 def main(argv: list[str] | None = None) -> int:
