@@ -124,13 +124,14 @@ class InstanceMetadata:
     def get(self, path: str) -> str | None:
         """The value at ``/latest/meta-data/<path>``, or None when IMDS has none (404, no IMDS)."""
         try:
-            token_req = urllib.request.Request(f"{self.base}/latest/api/token", method="PUT",
-                                               headers={"X-aws-ec2-metadata-token-ttl-seconds": "300"})
-            with self.opener(token_req, timeout=self.timeout) as resp:  # noqa: S310 - http(s) only, checked
+            token_req = urllib.request.Request(  # noqa: S310 - http(s) only, checked
+                f"{self.base}/latest/api/token", method="PUT",
+                headers={"X-aws-ec2-metadata-token-ttl-seconds": "300"})
+            with self.opener(token_req, timeout=self.timeout) as resp:
                 token = resp.read().decode()
-            req = urllib.request.Request(f"{self.base}/latest/meta-data/{path}",
-                                         headers={"X-aws-ec2-metadata-token": token})
-            with self.opener(req, timeout=self.timeout) as resp:  # noqa: S310 - http(s) only, checked
+            req = urllib.request.Request(  # noqa: S310 - http(s) only, checked
+                f"{self.base}/latest/meta-data/{path}", headers={"X-aws-ec2-metadata-token": token})
+            with self.opener(req, timeout=self.timeout) as resp:
                 return str(resp.read().decode().strip())
         except OSError as exc:  # URLError, HTTPError (404 = not in a group / no such key), timeouts
             log.debug("instance metadata %s unavailable: %s", path, exc)
