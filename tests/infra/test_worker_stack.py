@@ -50,7 +50,7 @@ def _launch_data(aws: boto3.Session, stack: dict[str, Any]) -> dict[str, Any]:
 
 
 def test_worker_stack_creates_a_least_privilege_worker(aws: boto3.Session, deploy: Deploy) -> None:
-    params = _parameters(aws, DesiredCapacity="3", MaxSize="5", LogRetentionDays="14")
+    params = _parameters(aws, MinSize="3", MaxSize="5", LogRetentionDays="14")
     stack = deploy("worker.yaml", params)
     out = stack["OutputMap"]
 
@@ -103,18 +103,21 @@ def test_worker_stack_creates_a_least_privilege_worker(aws: boto3.Session, deplo
     assert "pypi" not in user_data.lower() and "'" + artifact not in user_data
     assert (
         "ExecStart=/opt/tablesync/venv/bin/tablesync run --properties /etc/tablesync/kcl.properties "
-        "--config /etc/tablesync/targets.toml --app tablesync-orders --stream orders-changes --region us-east-1"
+        "--config /etc/tablesync/targets.toml --app tablesync-orders --stream orders-changes --region us-east-1 "
+        "--auto-scaling-group tablesync-orders-workers --lifecycle-hook tablesync-drain"
     ) in user_data
-    assert "Restart=always" in user_data and "KillMode=mixed" in user_data
+    assert "Restart=on-failure" in user_data and "KillMode=mixed" in user_data
     assert '--name "/tablesync/tablesync-orders/$name"' in user_data
     assert '"log_group_name": "/tablesync/tablesync-orders"' in user_data
     assert "${" not in user_data.replace("${!", "")  # every Fn::Sub variable was substituted
 
-    # The group: desired capacity from the parameter, spread over the given subnets.
+    # The group: starts at MinSize (the scaling policies own the desired capacity), spread over
+    # the given subnets.
     [group] = aws.client("autoscaling").describe_auto_scaling_groups(
         AutoScalingGroupNames=[out["AutoScalingGroupName"]]
     )["AutoScalingGroups"]
-    assert (group["MinSize"], group["DesiredCapacity"], group["MaxSize"]) == (2, 3, 5)
+    assert (group["MinSize"], group["DesiredCapacity"], group["MaxSize"]) == (3, 3, 5)
+    assert group["AutoScalingGroupName"] == out["AutoScalingGroupName"] == "tablesync-orders-workers"
     assert set(group["VPCZoneIdentifier"].split(",")) == set(params["SubnetIds"].split(","))
 
     # Network: nothing inbound; HTTPS outbound only (moto ignores SecurityGroupEgress and keeps
