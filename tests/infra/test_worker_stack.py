@@ -18,7 +18,7 @@ from tests.infra.conftest import Deploy
 from tests.infra.policy import DEFAULT_WORKER_PARAMETERS, render, worker_statements
 
 # moto's CloudFormation skips the scaling policies (created through the API below instead).
-pytestmark = pytest.mark.filterwarnings("ignore:Tried to parse AWS::AutoScaling::ScalingPolicy:UserWarning")
+pytestmark = pytest.mark.filterwarnings("ignore:Tried to parse AWS..AutoScaling..ScalingPolicy:UserWarning")
 
 
 def _network(aws: boto3.Session) -> dict[str, str]:
