@@ -66,6 +66,8 @@ class ProcStatCpu:
             fields = [int(v) for v in self._read().splitlines()[0].split()[1:]]
         except (OSError, ValueError, IndexError):
             return None
+        if len(fields) < 4:  # not the "cpu user nice system idle ..." line
+            return None
         idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
         total = sum(fields[:8])  # guest time is already inside user/nice
         last, self._last = self._last, (total, idle)
@@ -300,7 +302,8 @@ def build(props: dict[str, str], env: dict[str, str], *, worker_id: str, endpoin
         tasks.append((fleet_interval, reporter.report))
     watcher = None
     if group and hook:
-        watcher = LifecycleWatcher(InstanceMetadata(), session.client("autoscaling", config=boto_config()),
-                                   group, hook)
+        # The SDKs' own override of the metadata endpoint (tests point it at a fake).
+        metadata = InstanceMetadata(env.get("AWS_EC2_METADATA_SERVICE_ENDPOINT") or IMDS)
+        watcher = LifecycleWatcher(metadata, session.client("autoscaling", config=boto_config()), group, hook)
         tasks.append((lifecycle_interval, watcher.check))
     return Periodic(tasks, SystemClock()), watcher
