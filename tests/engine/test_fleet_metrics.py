@@ -123,7 +123,8 @@ def test_a_merge_counts_both_parents_and_the_reporter_moves_with_the_smallest_le
 
     _report_all(moved)
 
-    reporters = [moved.emitted[i - 1][0]["WorkerId"] for i, (d, _, _) in enumerate(moved.emitted) if "WorkerId" not in d]
+    emitted = moved.emitted
+    reporters = [emitted[i - 1][0]["WorkerId"] for i, (d, _, _) in enumerate(emitted) if "WorkerId" not in d]
     assert reporters == ["worker-c"]
     assert _fleet_docs(moved)[0]["Workers"] == 2
 
