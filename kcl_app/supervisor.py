@@ -7,7 +7,8 @@ Two periodic tasks, run by :class:`Periodic` on a background thread with an inje
    - from every worker, dimensions ``App, WorkerId``: ``WorkerLeasesHeld`` (its unfinished
      leases) and ``WorkerCpuPercent`` (the host's CPU since the previous report);
    - from the elected reporter only (:func:`kcl_app.core.fleet.reporter`), dimension ``App``:
-     ``OpenShards``, ``DrainingParents``, ``LeasesToProcess``, ``LeasesHeld``, ``Workers``.
+     ``OpenShards``, ``DrainingParents``, ``WaitingChildren``, ``LeasesToProcess`` (the
+     scaling signal), ``LeasesHeld`` (unfinished leases with an owner), ``Workers``.
      These are read from the shared table, so a second reporter during a lease move publishes
      the same values: the scaling policy reads them with the Maximum statistic.
 2. :class:`LifecycleWatcher` polls the instance metadata's
@@ -102,6 +103,7 @@ class FleetReporter:
             self.metrics.emit({"App": self.app}, {
                 "OpenShards": figures.open_shards,
                 "DrainingParents": figures.draining_parents,
+                "WaitingChildren": figures.waiting_children,
                 "LeasesToProcess": figures.leases_to_process,
                 "LeasesHeld": figures.leases_held,
                 "Workers": figures.workers,

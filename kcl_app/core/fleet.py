@@ -10,10 +10,17 @@ Definitions (KCL keeps one lease per shard it knows, parents included):
 - a lease is *finished* when its checkpoint is ``SHARD_END`` (a closed shard fully processed);
 - a lease is a *draining parent* when it is not finished and another lease names it as a parent
   (the shard was split or merged: KCL processes the parent to its end before its children);
-- the other unfinished leases are *open shards*;
-- ``leases_to_process = open_shards + draining_parents``: every lease that still costs or will
-  cost a record processor. Children waiting for their parents are counted: the capacity is there
-  when the parents end, instead of three minutes later.
+- a *waiting child* is unfinished and has a parent that is still draining (its record
+  processor starts only when the parents end);
+- the other unfinished leases are *ready*; ``open_shards = ready + waiting children``.
+
+``leases_to_process`` is what the fleet must be sized for: the most record processors that will
+run at once. Within one reshard (a family: draining parents and their waiting children) the
+parents run first, then the children, never both, so a family needs ``max(parents, children)``:
+``leases_to_process = ready + sum over families of max(draining, waiting)``. A split of N shards
+asks for 2N at once (the capacity is there when the parents end, not minutes later), a merge
+keeps the capacity of its N parents until they have ended, and neither asks for parents +
+children (which would scale out during a merge only to scale in again).
 """
 
 from __future__ import annotations
@@ -48,30 +55,55 @@ class FleetFigures:
 
     open_shards: int
     draining_parents: int
+    waiting_children: int
+    leases_to_process: int
     finished: int
     leases_held: int
     workers: int
     held_by: Mapping[str, int]
 
-    @property
-    def leases_to_process(self) -> int:
-        return self.open_shards + self.draining_parents
-
 
 def figures(leases: Iterable[Lease]) -> FleetFigures:
-    """Aggregate the lease table. ``held_by`` counts the unfinished leases per owner (a finished
-    lease costs no process, whoever's name is on it); ``leases_held`` is their sum."""
+    """Aggregate the lease table (see the module doc). ``held_by`` counts the unfinished leases
+    per owner, draining parents included (a finished lease costs no process, whoever's name is on
+    it); ``leases_held`` is their sum."""
     rows = list(leases)
-    parents = {parent for lease in rows for parent in lease.parents}
-    unfinished = [lease for lease in rows if not lease.finished]
-    draining = sum(1 for lease in unfinished if lease.shard in parents)
+    unfinished = {lease.shard: lease for lease in rows if not lease.finished}
+    named_parents = {parent for lease in unfinished.values() for parent in lease.parents}
+    draining = {shard for shard in unfinished if shard in named_parents}
+    waiting = {shard for shard, lease in unfinished.items()
+               if shard not in draining and any(p in draining for p in lease.parents)}
+    ready = len(unfinished) - len(draining) - len(waiting)
+    # families: the connected parent/child links among unfinished leases (union-find)
+    root: dict[str, str] = {}
+
+    def find(shard: str) -> str:
+        while root.setdefault(shard, shard) != shard:
+            root[shard] = root[root[shard]]
+            shard = root[shard]
+        return shard
+
+    for shard in draining | waiting:
+        for parent in unfinished[shard].parents:
+            if parent in draining:
+                root[find(parent)] = find(shard)
+    family_parents: dict[str, int] = {}
+    family_children: dict[str, int] = {}
+    for shard in draining:
+        family_parents[find(shard)] = family_parents.get(find(shard), 0) + 1
+    for shard in waiting:
+        family_children[find(shard)] = family_children.get(find(shard), 0) + 1
+    families = set(family_parents) | set(family_children)
     held: dict[str, int] = {}
-    for lease in unfinished:
+    for lease in unfinished.values():
         if lease.owner:
             held[lease.owner] = held.get(lease.owner, 0) + 1
     return FleetFigures(
-        open_shards=len(unfinished) - draining,
-        draining_parents=draining,
+        open_shards=ready + len(waiting),
+        draining_parents=len(draining),
+        waiting_children=len(waiting),
+        leases_to_process=ready + sum(max(family_parents.get(f, 0), family_children.get(f, 0))
+                                      for f in families),
         finished=len(rows) - len(unfinished),
         leases_held=sum(held.values()),
         workers=len({lease.owner for lease in rows if lease.owner}),
@@ -164,19 +196,22 @@ def simulate_target_tracking(leases: Sequence[int], policy: TargetTrackingPolicy
     return out
 
 
-def reshard_timeline(events: Sequence[tuple[int, int, int]], minutes: int, initial_shards: int) -> list[int]:
-    """LeasesToProcess per minute for a stream that reshards: ``events`` are
-    ``(minute, new_open_shards, drain_minutes)``; from ``minute`` the old open shards are
-    draining parents for ``drain_minutes`` (counted beside the new ones), then finished."""
-    load: list[int] = []
+def reshard_timeline(events: Sequence[tuple[int, int, int]], minutes: int,
+                     initial_shards: int) -> list[tuple[int, int]]:
+    """``(open shards, draining parents)`` per minute for a stream that reshards all its shards
+    at once: ``events`` are ``(minute, new_open_shards, drain_minutes)``; from ``minute`` the old
+    open shards are draining parents for ``drain_minutes`` while the new ones wait for them.
+    (With every shard resharded, LeasesToProcess is ``max(open, draining)``.)"""
+    out: list[tuple[int, int]] = []
     open_shards, draining, drain_until = initial_shards, 0, -1
     pending = sorted(events)
     for minute in range(minutes):
         while pending and pending[0][0] == minute:
             _, new_open, drain = pending.pop(0)
-            draining = open_shards + (draining if minute < drain_until else 0)
+            # a reshard during a drain: the waiting children become the parents (conservative)
+            draining = max(open_shards, draining if minute < drain_until else 0)
             open_shards, drain_until = new_open, minute + drain
         if minute >= drain_until:
             draining = 0
-        load.append(open_shards + draining)
-    return load
+        out.append((open_shards, draining))
+    return out

@@ -64,7 +64,8 @@ def test_steady_fleet_publishes_once_and_the_per_worker_figures_sum_to_the_fleet
 
     # exactly one fleet-level document: from worker-b, the owner of the smallest lease key
     [doc] = _fleet_docs(metrics)
-    assert doc == {"OpenShards": 4, "DrainingParents": 0, "LeasesToProcess": 4, "LeasesHeld": 4, "Workers": 3}
+    assert doc == {"OpenShards": 4, "DrainingParents": 0, "WaitingChildren": 0, "LeasesToProcess": 4,
+                   "LeasesHeld": 4, "Workers": 3}
     assert metrics.emitted[[d for d, _, _ in metrics.emitted].index({"App": "orders-app"}) - 1][0] == {
         "App": "orders-app", "WorkerId": "worker-b"}
     per_worker = {d["WorkerId"]: c for d, c, _ in metrics.emitted if "WorkerId" in d}
@@ -90,9 +91,11 @@ def test_a_split_counts_the_draining_parents_until_they_reach_shard_end() -> Non
     [during, *_] = _report_all(metrics)
 
     [doc] = _fleet_docs(metrics)
-    assert (during.open_shards, during.draining_parents) == (6, 2)
-    assert doc["LeasesToProcess"] == 8 and doc["DrainingParents"] == 2
-    assert doc["LeasesHeld"] == 7 == _held_sum(metrics)  # the unassigned child is work, not held
+    assert (during.open_shards, during.draining_parents, during.waiting_children) == (6, 2, 4)
+    # the split asks at once for what the children will need (2 untouched + 2 x 2 children),
+    # not for parents + children (they never run together)
+    assert doc["LeasesToProcess"] == 6 and doc["DrainingParents"] == 2
+    assert doc["LeasesHeld"] == 7 == _held_sum(metrics)  # held: parents included; the unassigned child is not
     # the parents end: they stop counting; the finished lease 0 keeps its owner's name, and that
     # owner (the smallest key) is still the one reporter
     _put(0, "worker-a", "SHARD_END")
@@ -102,8 +105,11 @@ def test_a_split_counts_the_draining_parents_until_they_reach_shard_end() -> Non
     _report_all(after_metrics)
 
     [after] = _fleet_docs(after_metrics)
-    assert after == {"OpenShards": 6, "DrainingParents": 0, "LeasesToProcess": 6, "LeasesHeld": 5, "Workers": 3}
+    assert after == {"OpenShards": 6, "DrainingParents": 0, "WaitingChildren": 0, "LeasesToProcess": 6,
+                     "LeasesHeld": 5, "Workers": 3}
     assert _held_sum(after_metrics) == after["LeasesHeld"]
+    dims = [d for d, _, _ in after_metrics.emitted]
+    assert dims[dims.index({"App": "orders-app"}) - 1]["WorkerId"] == "worker-a"  # published by worker-a
 
 
 def test_a_merge_counts_both_parents_and_the_reporter_moves_with_the_smallest_lease() -> None:
@@ -115,8 +121,9 @@ def test_a_merge_counts_both_parents_and_the_reporter_moves_with_the_smallest_le
 
     _report_all(metrics)
 
-    assert _fleet_docs(metrics) == [
-        {"OpenShards": 1, "DrainingParents": 2, "LeasesToProcess": 3, "LeasesHeld": 3, "Workers": 3}]
+    # the merge keeps the capacity of its two parents until they end
+    assert _fleet_docs(metrics) == [{"OpenShards": 1, "DrainingParents": 2, "WaitingChildren": 1,
+                                     "LeasesToProcess": 2, "LeasesHeld": 3, "Workers": 3}]
     # worker-a is stopped (scale-in): its lease goes to worker-c, which now reports
     _put(0, "worker-c", "495800")
     moved = RecordingMetrics()
@@ -127,6 +134,25 @@ def test_a_merge_counts_both_parents_and_the_reporter_moves_with_the_smallest_le
     reporters = [emitted[i - 1][0]["WorkerId"] for i, (d, _, _) in enumerate(emitted) if "WorkerId" not in d]
     assert reporters == ["worker-c"]
     assert _fleet_docs(moved)[0]["Workers"] == 2
+
+
+def test_two_reshards_at_once_are_sized_per_family() -> None:
+    _create_table()
+    _put(0, "worker-a", "495800")  # split into 3, 4
+    _put(1, "worker-b", "495801")  # merged with 2 into 5
+    _put(2, "worker-c", "495802")
+    _put(3, "worker-a", "TRIM_HORIZON", (0,))
+    _put(4, "worker-b", "TRIM_HORIZON", (0,))
+    _put(5, "worker-c", "TRIM_HORIZON", (1, 2))
+    _put(6, "worker-c", "495806")  # untouched
+    metrics = RecordingMetrics()
+
+    _report_all(metrics)
+
+    [doc] = _fleet_docs(metrics)
+    # 1 ready + max(1 parent, 2 children) + max(2 parents, 1 child)
+    assert doc["LeasesToProcess"] == 1 + 2 + 2
+    assert (doc["OpenShards"], doc["DrainingParents"], doc["WaitingChildren"]) == (4, 3, 3)
 
 
 def test_no_owner_no_fleet_figures() -> None:
@@ -152,7 +178,7 @@ def test_the_fleet_document_is_emf_cloudwatch_can_extract() -> None:
     [directive] = fleet_doc["_aws"]["CloudWatchMetrics"]
     assert directive["Namespace"] == "tablesync" and directive["Dimensions"] == [["App"]]
     assert {m["Name"] for m in directive["Metrics"]} == {
-        "OpenShards", "DrainingParents", "LeasesToProcess", "LeasesHeld", "Workers"}
+        "OpenShards", "DrainingParents", "WaitingChildren", "LeasesToProcess", "LeasesHeld", "Workers"}
     assert fleet_doc["App"] == "orders-app" and fleet_doc["LeasesToProcess"] == 1
     worker_doc = next(d for d in docs if "WorkerLeasesHeld" in d)
     assert worker_doc["_aws"]["CloudWatchMetrics"][0]["Dimensions"] == [["App", "WorkerId"]]
