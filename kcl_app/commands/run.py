@@ -2,13 +2,21 @@
 
     tablesync run --properties FILE --config targets.toml [--stream NAME] [--app NAME]
                   [--region R] [--endpoint URL] [--initial-position POS]
-                  [--log-file PATH]
+                  [--log-file PATH] [--fleet-metrics-interval S]
+                  [--auto-scaling-group NAME --lifecycle-hook NAME]
 
 Steps: 1 render the properties template (placeholders ``{python}``, ``{config}``, ``{stream}``,
 ``{app}``, ``{region}``, ``{endpoint}``; flags override keys; every key checked against KCL
 3.1.3's) into a private temporary file; 2 start the daemon and wait: SIGTERM/SIGINT become a
 graceful stop (record processors checkpoint; the daemon gets ``shutdownGraceMillis`` + 10 s
 before being killed). The KCL creates and owns its lease tables.
+
+Beside the daemon (kcl_app/supervisor.py): every ``--fleet-metrics-interval`` seconds (30; 0 =
+off) the lease table is read and the fleet's work published as EMF (``LeasesToProcess``, ...:
+see infra/README.md); with ``--auto-scaling-group`` and ``--lifecycle-hook``, the instance
+metadata is polled and, when the group terminates this instance, the worker stops as on SIGTERM
+and then completes the termination hook. The daemon gets a ``workerId`` (host:random) unless
+the template sets one, so the figures know which leases are this worker's.
 
 ``--endpoint`` points Kinesis, DynamoDB and CloudWatch at an emulator (switching the Kinesis
 client to JSON: moto cannot read CBOR) and supplies dummy credentials when none are set.
@@ -60,7 +68,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--initial-position", metavar="POS",
                         help="TRIM_HORIZON | LATEST | AT_TIMESTAMP:<epoch seconds or ISO-8601>")
     parser.add_argument("--log-file", type=Path, help="append the daemon's log here (default: stderr)")
-    parser.add_argument("--fleet-metrics-interval", type=float, default=60.0, metavar="SECONDS",
+    parser.add_argument("--fleet-metrics-interval", type=float, default=30.0, metavar="SECONDS",
                         help="publish the fleet's work (EMF: LeasesToProcess, ...) every SECONDS; 0 = off")
     parser.add_argument("--auto-scaling-group", metavar="NAME",
                         help="with --lifecycle-hook: leave this group gracefully when it terminates us")
@@ -152,15 +160,17 @@ def run(args: argparse.Namespace) -> int:
         return 2
     env = daemon_environment(args, environ)
     props = daemon.parse_properties(rendered)
-    if bool(args.auto_scaling_group) != bool(args.lifecycle_hook):
+    # (getattr: a Namespace built by a caller, not by add_parser, leaves the supervisor off)
+    group, hook = getattr(args, "auto_scaling_group", None), getattr(args, "lifecycle_hook", None)
+    if bool(group) != bool(hook):
         print("tablesync run: give --auto-scaling-group and --lifecycle-hook together", file=sys.stderr)
         return 2
     worker_id, add = supervisor.worker_id_for(props, socket.gethostname(), uuid.uuid4().hex)
     if add:  # the supervisor must know which leases are this worker's
         rendered += f"workerId = {worker_id}\n"
     tasks, watcher = supervisor.build(props, env, worker_id=worker_id, endpoint=args.endpoint,
-                                      fleet_interval=args.fleet_metrics_interval,
-                                      group=args.auto_scaling_group, hook=args.lifecycle_hook)
+                                      fleet_interval=getattr(args, "fleet_metrics_interval", 0.0),
+                                      group=group, hook=hook)
     grace = int(props.get("shutdownGraceMillis", "0")) / 1000 + GRACE_MARGIN_S
     with tempfile.TemporaryDirectory(prefix="tablesync-run-") as work:
         properties_file = Path(work) / "kcl.properties"
