@@ -40,7 +40,10 @@ from kcl_app.core import fleet
 log = logging.getLogger(__name__)
 
 IMDS = "http://169.254.169.254"
-TERMINATING_STATES = frozenset({"Terminated", "Terminating", "Terminating:Wait"})
+# autoscaling/target-lifecycle-state holds the steady state an instance is moving to (InService,
+# Terminated, Detached, Standby, Warmed:*): "Terminated" from the moment the group chose it for
+# termination ("Retrieve the target lifecycle state through instance metadata", EC2 Auto Scaling).
+TERMINATING_STATES = frozenset({"Terminated"})
 
 
 class Metrics(Protocol):
