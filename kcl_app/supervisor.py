@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import signal
 import threading
 import urllib.request
@@ -268,7 +269,10 @@ def worker_id_for(props: dict[str, str], host: str, unique: str) -> tuple[str, b
     ``<host>:<unique>`` (the shape of KCL's own default) that the caller must add to the
     properties. Returns (id, must_add)."""
     given = props.get("workerId") or props.get("workerIdentifier")
-    return (given, False) if given else (f"{host}:{unique}", True)
+    if given:
+        return given, False
+    safe_host = re.sub(r"[^A-Za-z0-9._-]", "-", host) or "worker"
+    return f"{safe_host}:{unique}", True
 
 
 def build(props: dict[str, str], env: dict[str, str], *, worker_id: str, endpoint: str | None,

@@ -149,6 +149,7 @@ def test_worker_id_from_the_properties_or_made_unique() -> None:
     assert worker_id_for({"workerId": "w-1"}, "host", "u") == ("w-1", False)
     assert worker_id_for({"workerIdentifier": "w-2"}, "host", "u") == ("w-2", False)
     assert worker_id_for({}, "ip-10-0-0-1", "abc") == ("ip-10-0-0-1:abc", True)
+    assert worker_id_for({}, "my host,x", "abc") == ("my-host-x:abc", True)  # one token in the daemon's logs
 
 
 CHILD = textwrap.dedent("""
