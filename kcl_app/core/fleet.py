@@ -113,11 +113,12 @@ def figures(leases: Iterable[Lease]) -> FleetFigures:
 
 def reporter(leases: Iterable[Lease]) -> str | None:
     """The one worker that publishes the fleet-level figures: the owner of the lexicographically
-    smallest owned lease key. Every worker reading the same table elects the same one; while a
-    lease moves two workers may both believe it for one period, and they publish the same
-    figures (read from the same table), so a Maximum statistic stays right. None when no lease
-    has an owner (nothing to publish: the group's MinSize holds)."""
-    owned = sorted((lease.shard, lease.owner) for lease in leases if lease.owner)
+    smallest unfinished lease key (an unfinished lease is renewed by a live worker, or taken over
+    within the failover time; a finished one may still carry a departed worker's name). Every
+    worker reading the same table elects the same one. While a lease moves two workers may both
+    believe it for one period; they publish the same figures (read from the same table), so a
+    Maximum statistic stays right. None when no unfinished lease has an owner."""
+    owned = sorted((lease.shard, lease.owner) for lease in leases if lease.owner and not lease.finished)
     return owned[0][1] if owned else None
 
 

@@ -96,8 +96,8 @@ def test_a_split_counts_the_draining_parents_until_they_reach_shard_end() -> Non
     # not for parents + children (they never run together)
     assert doc["LeasesToProcess"] == 6 and doc["DrainingParents"] == 2
     assert doc["LeasesHeld"] == 7 == _held_sum(metrics)  # held: parents included; the unassigned child is not
-    # the parents end: they stop counting; the finished lease 0 keeps its owner's name, and that
-    # owner (the smallest key) is still the one reporter
+    # the parents end: they stop counting; lease 0 is finished (its owner's name may be a departed
+    # worker's), so the owner of the smallest unfinished lease, 2, reports
     _put(0, "worker-a", "SHARD_END")
     _put(1, "worker-b", "SHARD_END")
     after_metrics = RecordingMetrics()
@@ -109,7 +109,7 @@ def test_a_split_counts_the_draining_parents_until_they_reach_shard_end() -> Non
                      "LeasesHeld": 5, "Workers": 3}
     assert _held_sum(after_metrics) == after["LeasesHeld"]
     dims = [d for d, _, _ in after_metrics.emitted]
-    assert dims[dims.index({"App": "orders-app"}) - 1]["WorkerId"] == "worker-a"  # published by worker-a
+    assert dims[dims.index({"App": "orders-app"}) - 1]["WorkerId"] == "worker-c"  # published by worker-c
 
 
 def test_a_merge_counts_both_parents_and_the_reporter_moves_with_the_smallest_lease() -> None:
