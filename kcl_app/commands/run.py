@@ -186,8 +186,10 @@ def run(args: argparse.Namespace) -> int:
         except OSError as exc:  # no java, no jars, unwritable log file: nothing was started
             print(f"tablesync run: cannot start the KCL daemon: {exc}", file=sys.stderr)
             return 1
-    if watcher is not None:
-        watcher.complete()  # after the graceful stop: the group may now terminate the instance
+    # After the stop: the group may now terminate the instance, and `run` must not be restarted
+    # on it (status 0 whatever the stop's outcome, which is logged above).
+    if watcher is not None and watcher.complete():
+        return 0
     return status
 
 
