@@ -236,9 +236,10 @@ class Periodic:
                 self._next[index] = now + period
                 try:
                     task()
-                except Exception:
-                    log.exception("periodic task %s failed; next attempt in %.0fs",
-                                  getattr(task, "__qualname__", task), period)
+                except Exception as exc:  # e.g. no lease table yet: the daemon creates it
+                    log.warning("periodic task %s failed (%s: %s); next attempt in %.0fs",
+                                getattr(task, "__qualname__", task), type(exc).__name__, exc, period)
+                    log.debug("periodic task failure", exc_info=True)
         return max(0.0, min(self._next, default=now + 60.0) - self.clock.monotonic())
 
     def start(self) -> Periodic:
