@@ -73,6 +73,14 @@ def base_session() -> boto3.Session:
     return boto3.Session(profile_name=_aws.profile, region_name=default_region())
 
 
+def env_session(env: Mapping[str, str], region: str | None) -> boto3.Session:
+    """A session from a child process's environment (the daemon's credentials and region), for
+    the supervisor that runs beside it."""
+    return boto3.Session(aws_access_key_id=env.get("AWS_ACCESS_KEY_ID"),
+                         aws_secret_access_key=env.get("AWS_SECRET_ACCESS_KEY"),
+                         aws_session_token=env.get("AWS_SESSION_TOKEN"), region_name=region)
+
+
 def boto_config(max_pool: int = 32, timeout: float = 10.0) -> BotoConfig:
     # Our writers own retries (budget, parking); botocore retrying underneath would hide time.
     return BotoConfig(

@@ -2,13 +2,21 @@
 
     tablesync run --properties FILE --config targets.toml [--stream NAME] [--app NAME]
                   [--region R] [--endpoint URL] [--initial-position POS]
-                  [--log-file PATH]
+                  [--log-file PATH] [--fleet-metrics-interval S]
+                  [--auto-scaling-group NAME --lifecycle-hook NAME]
 
 Steps: 1 render the properties template (placeholders ``{python}``, ``{config}``, ``{stream}``,
 ``{app}``, ``{region}``, ``{endpoint}``; flags override keys; every key checked against KCL
 3.1.3's) into a private temporary file; 2 start the daemon and wait: SIGTERM/SIGINT become a
 graceful stop (record processors checkpoint; the daemon gets ``shutdownGraceMillis`` + 10 s
 before being killed). The KCL creates and owns its lease tables.
+
+Beside the daemon (kcl_app/supervisor.py): every ``--fleet-metrics-interval`` seconds (30; 0 =
+off) the lease table is read and the fleet's work published as EMF (``LeasesToProcess``, ...:
+see infra/README.md); with ``--auto-scaling-group`` and ``--lifecycle-hook``, the instance
+metadata is polled and, when the group terminates this instance, the worker stops as on SIGTERM
+and then completes the termination hook. The daemon gets a ``workerId`` (host:random) unless
+the template sets one, so the figures know which leases are this worker's.
 
 ``--endpoint`` points Kinesis, DynamoDB and CloudWatch at an emulator (switching the Kinesis
 client to JSON: moto cannot read CBOR) and supplies dummy credentials when none are set.
@@ -25,13 +33,15 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import socket
 import sys
 import tempfile
+import uuid
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from kcl_app import daemon
+from kcl_app import daemon, supervisor
 from kcl_app.commands import UsageError, described, standalone
 
 log = logging.getLogger(__name__)
@@ -53,6 +63,12 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--initial-position", metavar="POS",
                         help="TRIM_HORIZON | LATEST | AT_TIMESTAMP:<epoch seconds or ISO-8601>")
     parser.add_argument("--log-file", type=Path, help="append the daemon's log here (default: stderr)")
+    parser.add_argument("--fleet-metrics-interval", type=float, default=30.0, metavar="SECONDS",
+                        help="publish the fleet's work (EMF: LeasesToProcess, ...) every SECONDS; 0 = off")
+    parser.add_argument("--auto-scaling-group", metavar="NAME",
+                        help="with --lifecycle-hook: leave this group gracefully when it terminates us")
+    parser.add_argument("--lifecycle-hook", metavar="NAME",
+                        help="termination lifecycle hook completed after the graceful stop")
     return parser
 
 
@@ -140,6 +156,17 @@ def run(args: argparse.Namespace) -> int:
         return 2
     env = daemon_environment(args, environ)
     props = daemon.parse_properties(rendered)
+    # (getattr: a Namespace built by a caller, not by add_parser, leaves the supervisor off)
+    group, hook = getattr(args, "auto_scaling_group", None), getattr(args, "lifecycle_hook", None)
+    if bool(group) != bool(hook):
+        print("tablesync run: give --auto-scaling-group and --lifecycle-hook together", file=sys.stderr)
+        return 2
+    worker_id, add = supervisor.worker_id_for(props, socket.gethostname(), uuid.uuid4().hex)
+    if add:  # the supervisor must know which leases are this worker's
+        rendered += f"workerId = {worker_id}\n"
+    tasks, watcher = supervisor.build(props, env, worker_id=worker_id, endpoint=args.endpoint,
+                                      fleet_interval=getattr(args, "fleet_metrics_interval", 0.0),
+                                      group=group, hook=hook)
     grace = int(props.get("shutdownGraceMillis", "0")) / 1000 + GRACE_MARGIN_S
     with tempfile.TemporaryDirectory(prefix="tablesync-run-") as work:
         properties_file = Path(work) / "kcl.properties"
@@ -147,10 +174,19 @@ def run(args: argparse.Namespace) -> int:
         try:
             argv = daemon.java_command(properties_file, cbor=not daemon.needs_json_protocol(rendered))
             log.info("KCL application %s on stream %s", props["applicationName"], props.get("streamName"))
-            return daemon.run_foreground(daemon.Daemon(argv, env, args.log_file), grace)
+            tasks.start()
+            try:
+                status = daemon.run_foreground(daemon.Daemon(argv, env, args.log_file), grace)
+            finally:
+                tasks.close()
         except OSError as exc:  # no java, no jars, unwritable log file: nothing was started
             print(f"tablesync run: cannot start the KCL daemon: {exc}", file=sys.stderr)
             return 1
+    # After the stop: the group may now terminate the instance, and `run` must not be restarted
+    # on it (status 0 whatever the stop's outcome, which is logged above).
+    if watcher is not None and watcher.complete():
+        return 0
+    return status
 
 
 def main(argv: list[str] | None = None) -> int:

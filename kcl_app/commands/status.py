@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import NoRegionError
 
+from kcl_app.adapters import leases as leases_adapter
 from kcl_app.commands import described
 from kcl_app.compose import lease_clients
 
@@ -43,23 +44,11 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def read_leases(dynamodb: DynamoDBClient, table: str) -> list[dict[str, Any]]:
-    leases: list[dict[str, Any]] = []
-    kwargs: dict[str, Any] = {"TableName": table, "ConsistentRead": True}
-    while True:
-        page = dynamodb.scan(**kwargs)
-        for item in page.get("Items", []):
-            leases.append({
-                "shard": item.get("leaseKey", {}).get("S", "?"),
-                "owner": item.get("leaseOwner", {}).get("S"),
-                "checkpoint": item.get("checkpoint", {}).get("S"),
-                "sub_sequence": int(item.get("checkpointSubSequenceNumber", {}).get("N", "0")),
-                "lease_counter": int(item.get("leaseCounter", {}).get("N", "0")),
-                "parents": sorted(item.get("parentShardId", {}).get("SS", [])),
-                "owner_switches": int(item.get("ownerSwitchesSinceCheckpoint", {}).get("N", "0")),
-            })
-        if "LastEvaluatedKey" not in page:
-            return sorted(leases, key=lambda lease: lease["shard"])
-        kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+    """The lease table as rows for display (the reading itself is adapters/leases.py's)."""
+    return [{"shard": lease.shard, "owner": lease.owner, "checkpoint": lease.checkpoint,
+             "sub_sequence": lease.sub_sequence, "lease_counter": lease.lease_counter,
+             "parents": list(lease.parents), "owner_switches": lease.owner_switches}
+            for lease in leases_adapter.read_leases(dynamodb, table)]
 
 
 def behind_millis(kinesis: KinesisClient, stream: str, lease: dict[str, Any]) -> int | None:

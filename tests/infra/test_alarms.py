@@ -81,3 +81,22 @@ def test_every_alarm_is_accepted_by_put_metric_alarm(aws: boto3.Session) -> None
 def test_without_a_topic_no_actions_are_set() -> None:
     for props in _alarms(AlarmTopicArn="").values():
         assert "AlarmActions" not in props and "OKActions" not in props
+
+
+def test_undersized_fleet_alarm_watches_leases_per_in_service_worker(aws: boto3.Session) -> None:
+    props = _alarms(ShardsPerWorker="6")["FleetUndersizedAlarm"]
+    cloudwatch = aws.client("cloudwatch")
+    cloudwatch.put_metric_alarm(AlarmName="FleetUndersizedAlarm", **{**props, "Threshold": float(props["Threshold"])})
+
+    [stored] = cloudwatch.describe_alarms(AlarmNames=["FleetUndersizedAlarm"])["MetricAlarms"]
+    queries = {m["Id"]: m for m in stored["Metrics"]}
+    assert queries["perWorker"]["Expression"] == "leases / inService" and queries["perWorker"]["ReturnData"]
+    leases = queries["leases"]["MetricStat"]
+    assert (leases["Metric"]["Namespace"], leases["Metric"]["MetricName"], leases["Stat"]) == (
+        "tablesync", "LeasesToProcess", "Maximum")
+    assert leases["Metric"]["Dimensions"] == [{"Name": "App", "Value": "tablesync-orders"}]
+    assert queries["inService"]["MetricStat"]["Metric"]["Dimensions"] == [
+        {"Name": "AutoScalingGroupName", "Value": "workers"}]
+    # above the lease policy's target for longer than a scale-out and its warm-up take
+    assert (stored["Threshold"], stored["ComparisonOperator"]) == (6.0, "GreaterThanThreshold")
+    assert stored["EvaluationPeriods"] == stored["DatapointsToAlarm"] == 15

@@ -85,6 +85,9 @@ def test_every_resource_is_this_apps_own() -> None:
     assert by_sid["AssumeTargetAccountRoles"] == [EVERYTHING_ON["CrossAccountRoleArns"]]
     assert by_sid["DecryptStream"] == [EVERYTHING_ON["StreamKeyArn"]]
     assert by_sid["DeadLetterPayloads"] == ["<DeadLetterPayloads.Arn>/tablesync/dead-letters/*"]
+    assert by_sid["CompleteOwnTerminationHook"] == [
+        "arn:aws:autoscaling:us-east-1:123456789012:autoScalingGroup:*:autoScalingGroupName/tablesync-orders-workers"
+    ]
     assert by_sid["ReadOwnConfig"] == [
         "arn:aws:ssm:us-east-1:123456789012:parameter/tablesync/tablesync-orders/kcl.properties",
         "arn:aws:ssm:us-east-1:123456789012:parameter/tablesync/tablesync-orders/targets.toml",
@@ -104,6 +107,7 @@ def test_optional_permissions_vanish_when_their_parameter_is_empty() -> None:
         "ShipLogs",
         "ReadOwnConfig",
         "ReadRelease",
+        "CompleteOwnTerminationHook",
     }
     actions = set(worker_actions(EVERYTHING_OFF))
     assert not actions & {"sts:AssumeRole", "kms:Decrypt", "kms:GenerateDataKey", "kinesis:SubscribeToShard",

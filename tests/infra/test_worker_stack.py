@@ -17,6 +17,9 @@ import pytest
 from tests.infra.conftest import Deploy
 from tests.infra.policy import DEFAULT_WORKER_PARAMETERS, render, worker_statements
 
+# moto's CloudFormation skips the scaling policies (created through the API below instead).
+pytestmark = pytest.mark.filterwarnings("ignore:Tried to parse AWS..AutoScaling..ScalingPolicy:UserWarning")
+
 
 def _network(aws: boto3.Session) -> dict[str, str]:
     ec2 = aws.client("ec2")
@@ -50,7 +53,7 @@ def _launch_data(aws: boto3.Session, stack: dict[str, Any]) -> dict[str, Any]:
 
 
 def test_worker_stack_creates_a_least_privilege_worker(aws: boto3.Session, deploy: Deploy) -> None:
-    params = _parameters(aws, DesiredCapacity="3", MaxSize="5", LogRetentionDays="14")
+    params = _parameters(aws, MinSize="3", MaxSize="5", LogRetentionDays="14")
     stack = deploy("worker.yaml", params)
     out = stack["OutputMap"]
 
@@ -103,18 +106,21 @@ def test_worker_stack_creates_a_least_privilege_worker(aws: boto3.Session, deplo
     assert "pypi" not in user_data.lower() and "'" + artifact not in user_data
     assert (
         "ExecStart=/opt/tablesync/venv/bin/tablesync run --properties /etc/tablesync/kcl.properties "
-        "--config /etc/tablesync/targets.toml --app tablesync-orders --stream orders-changes --region us-east-1"
+        "--config /etc/tablesync/targets.toml --app tablesync-orders --stream orders-changes --region us-east-1 "
+        "--auto-scaling-group tablesync-orders-workers --lifecycle-hook tablesync-drain"
     ) in user_data
-    assert "Restart=always" in user_data and "KillMode=mixed" in user_data
+    assert "Restart=on-failure" in user_data and "KillMode=mixed" in user_data
     assert '--name "/tablesync/tablesync-orders/$name"' in user_data
     assert '"log_group_name": "/tablesync/tablesync-orders"' in user_data
     assert "${" not in user_data.replace("${!", "")  # every Fn::Sub variable was substituted
 
-    # The group: desired capacity from the parameter, spread over the given subnets.
+    # The group: starts at MinSize (the scaling policies own the desired capacity), spread over
+    # the given subnets.
     [group] = aws.client("autoscaling").describe_auto_scaling_groups(
         AutoScalingGroupNames=[out["AutoScalingGroupName"]]
     )["AutoScalingGroups"]
-    assert (group["MinSize"], group["DesiredCapacity"], group["MaxSize"]) == (2, 3, 5)
+    assert (group["MinSize"], group["DesiredCapacity"], group["MaxSize"]) == (3, 3, 5)
+    assert group["AutoScalingGroupName"] == out["AutoScalingGroupName"] == "tablesync-orders-workers"
     assert set(group["VPCZoneIdentifier"].split(",")) == set(params["SubnetIds"].split(","))
 
     # Network: nothing inbound; HTTPS outbound only (moto ignores SecurityGroupEgress and keeps
@@ -146,3 +152,90 @@ def test_fan_out_actions_exist_only_in_fanout_mode(aws: boto3.Session, deploy: D
     fan_out = {"kinesis:SubscribeToShard", "kinesis:RegisterStreamConsumer", "kinesis:DescribeStreamConsumer"}
     assert (fan_out <= actions) == (mode == "FANOUT")
     assert not fan_out & actions or mode == "FANOUT"
+
+
+def _deployed_group(aws: boto3.Session, stack: dict[str, Any]) -> dict[str, Any]:
+    [group] = aws.client("autoscaling").describe_auto_scaling_groups(
+        AutoScalingGroupNames=[stack["OutputMap"]["AutoScalingGroupName"]]
+    )["AutoScalingGroups"]
+    return group
+
+
+def _with_group(value: Any, group: str) -> Any:
+    """The rendered value with the group's placeholder replaced by the deployed group's name."""
+    if isinstance(value, dict):
+        return {k: _with_group(v, group) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_with_group(v, group) for v in value]
+    return group if value == "<WorkerGroup>" else value
+
+
+def test_scaling_policies_and_termination_hook_deploy_on_the_group(aws: boto3.Session, deploy: Deploy) -> None:
+    """moto's CloudFormation skips AWS::AutoScaling::ScalingPolicy and the group's
+    LifecycleHookSpecificationList (it warns and still reports CREATE_COMPLETE), so after the
+    stack is deployed each one is created from the rendered template through the Auto Scaling
+    API, on the deployed group, and read back."""
+    params = _parameters(aws, ShardsPerWorker="6", TargetCpuPercent="55", InstanceWarmupSeconds="240",
+                         LifecycleHookTimeoutSeconds="150", StopTimeoutSeconds="90")
+    stack = deploy("worker.yaml", params)
+    group = _deployed_group(aws, stack)
+    name = group["AutoScalingGroupName"]
+    rendered = render("worker.yaml", params)["Resources"]
+    autoscaling = aws.client("autoscaling")
+
+    # 1 every scaling policy of the template, on this group
+    policies = {k: r["Properties"] for k, r in rendered.items() if r["Type"] == "AWS::AutoScaling::ScalingPolicy"}
+    assert set(policies) == {"LeaseScalingPolicy", "CpuScalingPolicy"}
+    for logical_id, props in policies.items():
+        props = _with_group(props, name)
+        assert props["AutoScalingGroupName"] == name
+        config = dict(props["TargetTrackingConfiguration"])
+        config["TargetValue"] = float(config["TargetValue"])
+        autoscaling.put_scaling_policy(AutoScalingGroupName=name, PolicyName=logical_id,
+                                       PolicyType=props["PolicyType"], TargetTrackingConfiguration=config)
+    deployed = {p["PolicyName"]: p for p in autoscaling.describe_policies(AutoScalingGroupName=name)["ScalingPolicies"]}
+    assert {p["PolicyType"] for p in deployed.values()} == {"TargetTrackingScaling"}
+
+    # the lease policy: leases to process (Maximum: duplicates are harmless) per in-service worker,
+    # held at ShardsPerWorker
+    lease = deployed["LeaseScalingPolicy"]["TargetTrackingConfiguration"]
+    assert lease["TargetValue"] == 6.0
+    queries = {q["Id"]: q for q in lease["CustomizedMetricSpecification"]["Metrics"]}
+    assert queries["leasesperworker"]["Expression"] == "leases / workers"
+    assert [q["Id"] for q in queries.values() if q["ReturnData"]] == ["leasesperworker"]
+    leases_metric = queries["leases"]["MetricStat"]
+    assert (leases_metric["Metric"]["Namespace"], leases_metric["Metric"]["MetricName"], leases_metric["Stat"]) == (
+        "tablesync", "LeasesToProcess", "Maximum")
+    assert leases_metric["Metric"]["Dimensions"] == [{"Name": "App", "Value": "tablesync-orders"}]
+    workers_metric = queries["workers"]["MetricStat"]["Metric"]
+    assert (workers_metric["Namespace"], workers_metric["MetricName"]) == ("AWS/AutoScaling", "GroupInServiceInstances")
+    assert workers_metric["Dimensions"] == [{"Name": "AutoScalingGroupName", "Value": name}]
+    # ... whose divisor the group collects
+    collected = rendered["WorkerGroup"]["Properties"]["MetricsCollection"][0]["Metrics"]
+    assert "GroupInServiceInstances" in collected
+    # the CPU policy: the group's average CPU
+    cpu = deployed["CpuScalingPolicy"]["TargetTrackingConfiguration"]
+    assert cpu["TargetValue"] == 55.0
+    assert cpu["PredefinedMetricSpecification"]["PredefinedMetricType"] == "ASGAverageCPUUtilization"
+
+    # 2 the termination hook, longer than the worker's stop, defaulting to CONTINUE
+    group_props = rendered["WorkerGroup"]["Properties"]
+    assert group_props["DefaultInstanceWarmup"] == "240"
+    assert "DesiredCapacity" not in group_props
+    [spec] = group_props["LifecycleHookSpecificationList"]
+    autoscaling.put_lifecycle_hook(AutoScalingGroupName=name, LifecycleHookName=spec["LifecycleHookName"],
+                                   LifecycleTransition=spec["LifecycleTransition"],
+                                   HeartbeatTimeout=int(spec["HeartbeatTimeout"]), DefaultResult=spec["DefaultResult"])
+    [hook] = autoscaling.describe_lifecycle_hooks(AutoScalingGroupName=name)["LifecycleHooks"]
+    assert hook["LifecycleHookName"] == stack["OutputMap"]["LifecycleHookName"] == "tablesync-drain"
+    assert (hook["LifecycleTransition"], hook["HeartbeatTimeout"], hook["DefaultResult"]) == (
+        "autoscaling:EC2_INSTANCE_TERMINATING", 150, "CONTINUE")
+    assert hook["HeartbeatTimeout"] > int(params["StopTimeoutSeconds"])
+
+    # 3 the worker may complete exactly this group's hook, and its unit names both
+    [statement] = [s for s in worker_statements(params) if s["Sid"] == "CompleteOwnTerminationHook"]
+    assert statement["Action"] == ["autoscaling:CompleteLifecycleAction"]
+    prefix, _, suffix = statement["Resource"].partition("autoScalingGroup:*:")
+    assert group["AutoScalingGroupARN"].startswith(prefix) and group["AutoScalingGroupARN"].endswith(suffix)
+    user_data = base64.b64decode(_launch_data(aws, stack)["UserData"]).decode()
+    assert f"--auto-scaling-group {name} --lifecycle-hook {hook['LifecycleHookName']}" in user_data
