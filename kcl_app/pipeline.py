@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from kcl_app.core.errors import ParkFailed, PoisonRecord
+from kcl_app.core.checks import DEFAULT_CHECKS, RecordChecks
 from kcl_app.core.plan import TargetPlan, TargetRule, Write, plan_batch, safe_checkpoint
 from kcl_app.core.records import Change, RawRecord, decode
 from kcl_app.core.retry import WRITES, Backoff, ErrorInfo, RetryBudgetSpent, until
@@ -69,6 +70,7 @@ class Pipeline:
         unmapped: Literal["skip", "park"] = "skip",
         precision: Precision = "auto",
         backoff: Backoff | None = None,
+        checks: RecordChecks = DEFAULT_CHECKS,
     ) -> None:
         missing = {r.name for r in rules} - set(writers)
         if missing:
@@ -80,6 +82,7 @@ class Pipeline:
         self.clock = clock
         self.unmapped = unmapped
         self.precision = precision
+        self.checks = checks
         self.backoff = backoff or Backoff(base=0.1, cap=2.0)
         self._tables = {r.source_table for r in rules}
         if isinstance(retry_budget_seconds, int | float):
@@ -102,9 +105,10 @@ class Pipeline:
         poison: list[tuple[int, DeadLetter]] = []
         unmapped: list[tuple[int, DeadLetter]] = []
         unmapped_tables: set[str] = set()
+        now_ms = self.clock.now() * 1000.0  # bounds the version of a record whose arrival is unknown
         for index, raw in enumerate(records):
             try:
-                change = decode(raw, self.precision)
+                change = decode(raw, self.precision, self.checks, now_ms)
             except PoisonRecord as exc:
                 poison.append((index, self._letter(POISON_STORE, f"undecodable record: {exc}", raw)))
                 continue
@@ -127,7 +131,14 @@ class Pipeline:
                     "parked" if parking else "skipped", result.unmapped, ", ".join(sorted(unmapped_tables)))
 
         # 3 plan: coalesce per (target, key) to the newest version; shape per target
-        plans = plan_batch(changes, rules)
+        try:
+            plans = plan_batch(changes, rules)
+        except Exception:  # a defect the plan did not foresee: find the changes that cause it, alone
+            log.exception("planning the batch failed; planning its changes one by one")
+            plans, bad = _plan_each(changes, rules)
+            letters = [(i, self._letter(POISON_STORE, f"cannot plan the change ({why})", c.raw, c)) for i, c, why in bad]
+            result.poison += len(letters)
+            unsettled |= self._park(letters)
 
         # 4 apply to every target concurrently, each within its own retry budget
         start = self.clock.monotonic()
@@ -146,7 +157,7 @@ class Pipeline:
             counts.coalesced = plan.coalesced
             counts.retries = applied.retries
             counts.ttl_skipped = plan.skipped_ttl
-            counts.lag_ms = [now_ms - w.change.created_millis for w in applied.applied]
+            counts.lag_ms = [now_ms - w.change.version.micros / 1000.0 for w in applied.applied]
 
             # 5 park what the target cannot take (rejected by the plan, or failed in the budget)
             letters = [(r.records, self._letter(name, r.reason, r.change.raw, r.change)) for r in plan.rejected]
@@ -174,6 +185,14 @@ class Pipeline:
         if result.poison or result.unmapped:
             self.metrics.emit({"Target": "_stream"}, {"Poison": result.poison, "Unmapped": result.unmapped})
         return result
+
+    def park_all(self, records: Sequence[RawRecord], reason: str) -> BatchResult:
+        """Park a whole batch as poison with one reason (the processor's answer to an engine defect
+        on a batch: it is settled, never retried forever). Unparkable records are left unsettled."""
+        letters = [(i, self._letter(POISON_STORE, reason, raw)) for i, raw in enumerate(records)]
+        unsettled = self._park(letters)
+        return BatchResult(len(records), safe_checkpoint(len(records), unsettled), {}, poison=len(records),
+                           unsettled=frozenset(unsettled))
 
     def _apply(self, name: str, plan: TargetPlan, deadline: float) -> ApplyResult:
         if not plan.writes:
@@ -228,3 +247,22 @@ class Pipeline:
             log.critical("cannot park %d entries, nothing past them will be checkpointed: %s",
                          len(unique), spent.last.message)
             return {i for i, _ in letters}
+
+
+def _plan_each(changes: Sequence[tuple[int, Change]], rules: Sequence[TargetRule]
+               ) -> tuple[dict[str, TargetPlan], list[tuple[int, Change, str]]]:
+    """Find the changes that fail to plan alone (returned with the exception's type), then plan the
+    others together (coalesced as usual). If even that fails, every change is returned as failed."""
+    good: list[tuple[int, Change]] = []
+    bad: list[tuple[int, Change, str]] = []
+    for index, change in changes:
+        try:
+            plan_batch([(index, change)], rules)
+        except Exception as exc:  # noqa: BLE001 - this change alone is the defect: it is parked
+            bad.append((index, change, type(exc).__name__))
+        else:
+            good.append((index, change))
+    try:
+        return plan_batch(good, rules), bad
+    except Exception as exc:  # noqa: BLE001 - no change alone fails, only together: park them all
+        return {rule.name: TargetPlan() for rule in rules}, bad + [(i, c, type(exc).__name__) for i, c in good]

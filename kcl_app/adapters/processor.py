@@ -85,15 +85,23 @@ class ReplicationProcessor(RecordProcessorBase):
         try:
             records = [self._raw(r) for r in process_records_input.records]
             assert self.pipeline is not None, "initialize was not called"
-            result = self.pipeline.process(records)
         except Exception:
-            log.critical("engine failed on a batch; exiting so that nothing past it is checkpointed",
+            log.critical("cannot read the batch; exiting so that nothing past it is checkpointed",
                          exc_info=True)
             self._exit(EXIT_ENGINE_BUG)
             return
-        behind = process_records_input.millis_behind_latest
-        self.metrics.emit({"Shard": self.shard_id}, {"Records": len(records)},
-                          {"MillisBehindLatest": [float(behind)] if behind is not None else []})
+        try:
+            result = self.pipeline.process(records)
+        except Exception as exc:  # an engine defect on this batch: park it whole rather than stall the shard
+            log.critical("engine failed on a batch of %d records; parking them as poison", len(records),
+                         exc_info=True)
+            result = self.pipeline.park_all(records, f"engine failed on the batch ({type(exc).__name__})")
+        try:
+            behind = process_records_input.millis_behind_latest
+            self.metrics.emit({"Shard": self.shard_id}, {"Records": len(records)},
+                              {"MillisBehindLatest": [float(behind)] if behind is not None else []})
+        except Exception:  # metrics never stop a shard
+            log.warning("shard metrics not emitted", exc_info=True)
         if result.checkpoint_index >= 0:
             last = records[result.checkpoint_index]
             self.last_settled = (last.sequence_number, last.sub_sequence_number)
@@ -127,18 +135,25 @@ class ReplicationProcessor(RecordProcessorBase):
 
     # -- helpers ----------------------------------------------------------------------------------
     def _raw(self, record: Any) -> RawRecord:
+        """The record as the engine sees it. Total: a field the daemon sent malformed becomes a
+        neutral value (the payload's text, no arrival time), and decoding then parks the record."""
         try:
             data = record.binary_data
         except Exception as exc:  # not base64: keep the text so the poison entry is complete
-            log.error("record %s: payload is not base64 (%s)", record.sequence_number, exc)
-            data = str(getattr(record, "_data", "")).encode()
+            log.error("record %s: payload is not base64 (%s)", getattr(record, "sequence_number", "?"),
+                      type(exc).__name__)
+            data = str(getattr(record, "_data", "")).encode("utf-8", "backslashreplace")
+        if not isinstance(data, bytes):
+            data = str(data).encode("utf-8", "backslashreplace")
+        sub = getattr(record, "sub_sequence_number", 0)
+        arrival = getattr(record, "timestamp_millis", None)
         return RawRecord(
             data=data,
             sequence_number=record.sequence_number,
-            sub_sequence_number=record.sub_sequence_number or 0,
-            partition_key=record.partition_key,
+            sub_sequence_number=sub if type(sub) is int else 0,
+            partition_key=str(getattr(record, "partition_key", "") or ""),
             shard_id=self.shard_id,
-            arrival_millis=record.timestamp_millis,
+            arrival_millis=arrival if type(arrival) is int and 0 <= arrival < 1 << 63 else None,
         )
 
     def _checkpoint(self, checkpointer: Any, sequence: str | None, sub: int | None) -> bool:

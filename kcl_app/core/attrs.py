@@ -15,15 +15,20 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import json
 import re
 from collections.abc import Iterable, Mapping
 from json.encoder import encode_basestring_ascii as _quote
+from decimal import Decimal
 from typing import Any
+
+from kcl_app.core.checks import number_problem
 
 AttributeValue = dict[str, Any]
 Item = dict[str, AttributeValue]
 
+MAX_DEPTH = 32  # DynamoDB's nesting limit for documents (maps and lists)
 
 
 def _b64decode(text: Any) -> bytes:
@@ -48,9 +53,12 @@ class _Malformed(ValueError):
         return ValueError(f"{where}{''.join(reversed(self.path))}: {self.problem}")
 
 
-def _from_wire(value: Any) -> AttributeValue:
+def _from_wire(value: Any, depth: int = 1) -> AttributeValue:
     """Wire form -> API form. Values that are the same in both forms (all but B, BS and the
-    containers holding them) are returned as they are, not copied: the parsed record owns them."""
+    containers holding them) are returned as they are, not copied: the parsed record owns them.
+
+    Refuses what DynamoDB refuses too (empty sets, duplicate members, numbers it cannot store,
+    documents deeper than 32 levels), so that no such value reaches a target."""
     if not isinstance(value, dict) or len(value) != 1:
         raise _Malformed("an attribute value is an object with exactly one type key")
     ((kind, inner),) = value.items()
@@ -64,10 +72,12 @@ def _from_wire(value: Any) -> AttributeValue:
     if kind == "M":
         if not isinstance(inner, dict):
             raise _Malformed("M must be an object")
+        if depth >= MAX_DEPTH:
+            raise _Malformed(f"nested deeper than DynamoDB's {MAX_DEPTH} levels")
         members: Item = {}
         for name, member in inner.items():
             try:
-                members[name] = _from_wire(member)
+                members[name] = _from_wire(member, depth + 1)
             except _Malformed as bad:
                 bad.path.append(f".{name}")
                 raise
@@ -75,10 +85,12 @@ def _from_wire(value: Any) -> AttributeValue:
     if kind == "L":
         if not isinstance(inner, list):
             raise _Malformed("L must be a list")
+        if depth >= MAX_DEPTH:
+            raise _Malformed(f"nested deeper than DynamoDB's {MAX_DEPTH} levels")
         elements: list[AttributeValue] = []
         for i, element in enumerate(inner):
             try:
-                elements.append(_from_wire(element))
+                elements.append(_from_wire(element, depth + 1))
             except _Malformed as bad:
                 bad.path.append(f"[{i}]")
                 raise
@@ -96,18 +108,29 @@ def _from_wire(value: Any) -> AttributeValue:
     if kind == "SS":
         if not isinstance(inner, list) or not all(isinstance(s, str) for s in inner):
             raise _Malformed("SS must be a list of strings")
+        _check_members("SS", inner, inner)
         return value
     if kind == "NS":
         if not isinstance(inner, list):
             raise _Malformed("NS must be a list of number strings")
         for n in inner:
             _check_number(n)
+        _check_members("NS", inner, [Decimal(n) for n in inner])
         return value
     if kind == "BS":
         if not isinstance(inner, list):
             raise _Malformed("BS must be a list of base64 strings")
-        return {"BS": [_b64decode(b) for b in inner]}
-    raise _Malformed(f"unknown attribute type {kind!r}")
+        blobs = [_b64decode(b) for b in inner]
+        _check_members("BS", blobs, blobs)
+        return {"BS": blobs}
+    raise _Malformed(f"unknown attribute type {str(kind)[:20]!r}")
+
+
+def _check_members(kind: str, members: list[Any], comparable: list[Any]) -> None:
+    if not members:
+        raise _Malformed(f"{kind} must not be empty")
+    if len(set(comparable)) != len(members):
+        raise _Malformed(f"{kind} holds duplicate members")
 
 
 def value_from_wire(value: Any, where: str = "value") -> AttributeValue:
@@ -126,7 +149,12 @@ def _check_number(text: Any) -> None:
     if not isinstance(text, str) or not text:
         raise _Malformed("N must be a non-empty decimal string")
     if not _NUMBER.fullmatch(text):
-        raise _Malformed(f"{text!r} is not a number")
+        raise _Malformed("N is not a decimal number")
+    # A short plain number always fits (<= 38 digits, no exponent): only the rest pays for Decimal.
+    if len(text) > 38 or "e" in text or "E" in text:
+        problem = number_problem(text)
+        if problem:
+            raise _Malformed(problem)
 
 
 def item_from_wire(image: Any, where: str = "image") -> Item:
@@ -165,12 +193,26 @@ def item_to_wire(item: Mapping[str, AttributeValue]) -> Item:
 _KEY_JSON = json.JSONEncoder(sort_keys=True, separators=(",", ":"))
 
 
+MAX_KEY_ID_CHARS = 2048  # DynamoDB's partition-key limit: the ledger is keyed by the id
+HASHED_KEY_ID_PREFIX = "h1:"
+
+
 def key_id(key: Mapping[str, AttributeValue]) -> str:
     """A canonical, deterministic string for a key in API form: the same key always gives the same id.
 
-    It is the sorted, compact, ASCII JSON of the key's wire form; ledger rows are keyed by it, so
-    the format never changes. S and N keys (the same in both forms) are written out directly: the
-    same text as the JSON encoder's, at a fraction of its cost, once per change."""
+    Format (ledger rows are keyed by it, so it never changes):
+
+    * the sorted, compact, ASCII JSON of the key's wire form, e.g. `{"pk":{"S":"a"},"sk":{"N":"1"}}`,
+      when that text is at most 2,048 characters (DynamoDB's partition-key limit, ASCII: bytes = chars);
+    * otherwise `h1:` followed by the lowercase hex SHA-256 of that same JSON text (67 characters).
+
+    A JSON id always starts with `{`, so the two forms cannot collide. Keys whose JSON exceeds
+    2,048 characters could never be stored in a ledger before the digest form existed (DynamoDB
+    refused the row), so every ledger row written by earlier versions keeps its id: no migration.
+    The digest form is one-way; the key itself is always on the target item and in the record.
+
+    S and N keys (the same in both forms) are written out directly: the same text as the JSON
+    encoder's, at a fraction of its cost, once per change."""
     parts = []
     for name in sorted(key):
         value = key[name]
@@ -179,8 +221,14 @@ def key_id(key: Mapping[str, AttributeValue]) -> str:
         elif "N" in value:
             parts.append(f'{_quote(name)}:{{"N":{_quote(value["N"])}}}')
         else:
-            return _KEY_JSON.encode(item_to_wire(key))
-    return "{" + ",".join(parts) + "}"
+            return _bounded(_KEY_JSON.encode(item_to_wire(key)))
+    return _bounded("{" + ",".join(parts) + "}")
+
+
+def _bounded(text: str) -> str:
+    if len(text) <= MAX_KEY_ID_CHARS:
+        return text
+    return HASHED_KEY_ID_PREFIX + hashlib.sha256(text.encode("ascii")).hexdigest()
 
 
 def key_of(item: Mapping[str, AttributeValue], key_names: Iterable[str]) -> Item:

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from kcl_app.core.attrs import MAX_ITEM_BYTES, Item, item_size, project
+from kcl_app.core.checks import check_item
+from kcl_app.core.errors import TransformFailed
 from kcl_app.core.records import Change
 from kcl_app.core.versions import Version
 
@@ -29,26 +31,42 @@ class TargetRule:
     exclude: tuple[str, ...] = ()
     ttl_deletes: TtlPolicy = "replicate"
     transform: Transform | None = None
+    log_values: bool = False  # may a transform's exception message (which may quote values) be kept?
 
     def shape(self, change: Change) -> Item | None:
         """The item this target must hold after `change` (None: the key must be absent).
 
-        Raises ValueError when the transform breaks the item (changes a key, returns a non-item)."""
+        Raises TransformFailed when the transform raises, breaks the item (changes a key, returns a
+        non-item) or returns a value DynamoDB would refuse; the reason names the attribute, and quotes
+        no value unless `log_values`."""
         if change.new_image is None:
             return None
         item = project(change.new_image, change.key, self.include, self.exclude)
         if self.transform is None:
             return item
-        # a deep copy: a transform that edits nested values must not change other targets' items
-        shaped = self.transform(copy.deepcopy(item))
+        try:
+            # a deep copy: a transform that edits nested values must not change other targets' items
+            shaped = self.transform(copy.deepcopy(item))
+        except Exception as exc:  # noqa: BLE001 - user code: any failure parks the change
+            detail = f": {_clip(str(exc))}" if self.log_values else ""
+            raise TransformFailed(self.name, f"transform raised {type(exc).__name__}{detail}") from exc
         if shaped is None:
             return None
         if not isinstance(shaped, dict):
-            raise ValueError(f"transform returned {type(shaped).__name__}, not an item (dict) or None")
+            raise TransformFailed(self.name, f"transform returned {type(shaped).__name__}, not an item (dict) or None")
+        try:
+            check_item(shaped, "item")
+        except ValueError as exc:
+            raise TransformFailed(self.name, f"transform returned an invalid item: {exc}") from exc
         for name, value in change.key.items():
             if shaped.get(name) != value:
-                raise ValueError(f"transform changed or removed key attribute {name!r}")
+                raise TransformFailed(self.name, f"transform changed or removed key attribute {name!r}")
         return shaped
+
+
+def _clip(text: str, limit: int = 200) -> str:
+    text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,14 +138,19 @@ def plan_batch(
         records = tuple(indexes)
         try:
             item = rule.shape(change)
-        except Exception as exc:  # noqa: BLE001 - user code: any failure parks the change
-            plans[target].rejected.append(Rejected(target, change, f"transform failed: {exc!r}", records))
+            # The record's SizeBytes bounds its NewImage, and a projection only removes attributes:
+            # without a transform, a record under the limit cannot hold an oversized item. (A record
+            # that lies about its size is still refused by DynamoDB, and the write is parked.)
+            bounded = rule.transform is None and 0 < change.size_bytes <= MAX_ITEM_BYTES
+            size = 0 if item is None or bounded else item_size(item)
+        except TransformFailed as exc:
+            plans[target].rejected.append(Rejected(target, change, f"transform failed: {exc.reason}", records))
             continue
-        # The record's SizeBytes bounds its NewImage, and a projection only removes attributes:
-        # without a transform, a record under the limit cannot hold an oversized item. (A record
-        # that lies about its size is still refused by DynamoDB, and the write is parked.)
-        bounded = rule.transform is None and 0 < change.size_bytes <= MAX_ITEM_BYTES
-        if item is not None and not bounded and (size := item_size(item)) > MAX_ITEM_BYTES:
+        except Exception as exc:  # noqa: BLE001 - a defect of this change (sizing, shaping): park it alone
+            reason = f"cannot shape the item ({type(exc).__name__})"
+            plans[target].rejected.append(Rejected(target, change, reason, records))
+            continue
+        if size > MAX_ITEM_BYTES:
             reason = f"item of {size} bytes exceeds DynamoDB's 400 KB limit after projection/transform"
             plans[target].rejected.append(Rejected(target, change, reason, records))
             continue

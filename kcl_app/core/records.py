@@ -8,7 +8,9 @@ Streams record format" for DynamoDB)::
      "dynamodb": {"ApproximateCreationDateTime", "Keys", "NewImage", "OldImage", "SizeBytes"},
      "eventSource": "aws:dynamodb"}
 
-`decode` never raises anything but PoisonRecord: whatever is wrong with the bytes becomes a reason.
+`decode` never raises anything but PoisonRecord: whatever is wrong with the bytes becomes a reason
+(naming the field or attribute, never echoing a value). Beyond the format it checks provenance
+(`eventSource`, `recordFormat`, the source region), a plausible version and the key schema.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from kcl_app.core.attrs import Item, item_from_wire, key_id
+from kcl_app.core.checks import DEFAULT_CHECKS, RecordChecks, check_key, check_provenance, check_version
 from kcl_app.core.errors import PoisonRecord
 from kcl_app.core.versions import Precision, Version, to_micros
 
@@ -72,44 +75,80 @@ def _field(doc: dict[str, Any], name: str, kind: type, where: str = "") -> Any:
     return value
 
 
-def decode(raw: RawRecord, precision: Precision = "auto") -> Change:
-    """Decode one destination record. Raises PoisonRecord (with the reason) on any defect."""
+def decode(raw: RawRecord, precision: Precision = "auto", checks: RecordChecks = DEFAULT_CHECKS,
+           now_millis: float | None = None) -> Change:
+    """Decode and check one destination record. Raises PoisonRecord (with the reason) on any defect.
+
+    Total: whatever the bytes hold, the outcome is a Change or a PoisonRecord, never another
+    exception. The version is bounded by the record's arrival time (or `now_millis` when the
+    arrival is unknown, as for a dead-letter entry) plus the allowed skew; see `core.checks`."""
     try:
-        doc = json.loads(raw.data.decode("utf-8"))  # the destination writes UTF-8 JSON
+        return _decode(raw, precision, checks, now_millis)
+    except PoisonRecord:
+        raise
+    except RecursionError as exc:  # nesting deeper than any DynamoDB item can be (32 levels)
+        raise PoisonRecord("nested too deeply") from exc
+    except Exception as exc:  # noqa: BLE001 - untrusted input: any other failure is a defect of the record
+        raise PoisonRecord(f"malformed record ({type(exc).__name__})") from exc
+
+
+def _decode(raw: RawRecord, precision: Precision, checks: RecordChecks, now_millis: float | None) -> Change:
+    data = raw.data
+    try:
+        doc = json.loads(data.decode("utf-8"))  # the destination writes UTF-8 JSON
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise PoisonRecord(f"not JSON: {exc}") from exc
-    except RecursionError as exc:  # nesting deeper than any DynamoDB item can be (32 levels)
+    except ValueError as exc:  # an integer literal longer than Python's limit (4,300 digits)
+        raise PoisonRecord("not JSON: a number literal is too long") from exc
+    except RecursionError as exc:
         raise PoisonRecord("not JSON: nested too deeply") from exc
     if not isinstance(doc, dict):
         raise PoisonRecord("not a JSON object")
+    if b"\\ud" in data or b"\\uD" in data:  # an escaped surrogate: valid only as a pair
+        try:
+            json.dumps(doc, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise PoisonRecord("a string holds a lone surrogate (not UTF-8)") from exc
+    try:
+        check_provenance(doc, checks)
+    except ValueError as exc:
+        raise PoisonRecord(str(exc)) from exc
     event = _field(doc, "eventName", str)
     if event not in _EVENTS:
-        raise PoisonRecord(f"unknown eventName {event!r}")
+        raise PoisonRecord(f"unknown eventName {event[:40]!r}")
     table = _field(doc, "tableName", str)
     event_id = _field(doc, "eventID", str)
     ddb = _field(doc, "dynamodb", dict)
     created = ddb.get("ApproximateCreationDateTime")
     try:
         micros = to_micros(created, precision)
-    except ValueError as exc:
+        arrival = raw.arrival_millis
+        if arrival is None and now_millis is not None:
+            arrival = int(now_millis)
+        check_version(micros, arrival, checks)
+    except (ValueError, OverflowError) as exc:
         raise PoisonRecord(f"dynamodb.ApproximateCreationDateTime: {exc}") from exc
     try:
-        key = item_from_wire(_field(ddb, "Keys", dict, "dynamodb."), "dynamodb.Keys")
+        wire_keys = _field(ddb, "Keys", dict, "dynamodb.")
+        key = item_from_wire(wire_keys, "dynamodb.Keys")
         if not key:
             raise PoisonRecord("dynamodb.Keys is empty")
-        for name, value in key.items():
-            if next(iter(value)) not in ("S", "N", "B"):
-                raise PoisonRecord(f"dynamodb.Keys.{name}: a key attribute must be S, N or B")
+        check_key(key, checks.key_schemas.get(table))
         new_image = None
         if event != "REMOVE":
             new_image = item_from_wire(_field(ddb, "NewImage", dict, "dynamodb."), "dynamodb.NewImage")
             for name, value in key.items():
                 if new_image.get(name) != value:
                     raise PoisonRecord(f"dynamodb.NewImage does not carry key attribute {name!r}")
+        old = ddb.get("OldImage")
+        if old is not None:
+            if not isinstance(old, dict):
+                raise PoisonRecord("field dynamodb.OldImage must be dict")
+            for name in key:
+                if old.get(name) != wire_keys[name]:
+                    raise PoisonRecord(f"dynamodb.OldImage does not carry key attribute {name!r}")
     except ValueError as exc:
         raise PoisonRecord(str(exc)) from exc
-    except RecursionError as exc:
-        raise PoisonRecord("an image is nested too deeply") from exc
     identity = doc.get("userIdentity") or {}
     ttl_delete = (
         event == "REMOVE"
@@ -118,6 +157,7 @@ def decode(raw: RawRecord, precision: Precision = "auto") -> Change:
         and identity.get("principalId") == TTL_PRINCIPAL
     )
     size = ddb.get("SizeBytes", 0)
+    region = doc.get("awsRegion", "")
     return Change(
         table=table,
         event=event,
@@ -127,7 +167,7 @@ def decode(raw: RawRecord, precision: Precision = "auto") -> Change:
         version=Version(micros, event_id),
         ttl_delete=ttl_delete,
         event_id=event_id,
-        region=doc.get("awsRegion", "") if isinstance(doc.get("awsRegion"), str) else "",
-        size_bytes=size if isinstance(size, int) else 0,
+        region=region if isinstance(region, str) else "",
+        size_bytes=size if type(size) is int and 0 <= size < 1 << 31 else 0,
         raw=raw,
     )

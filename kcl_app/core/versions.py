@@ -17,6 +17,7 @@ settles it. Prefer MICROSECOND (the infra templates set it).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -46,6 +47,8 @@ def to_micros(value: int | float, precision: Precision = "auto") -> int:
     """Normalise an ApproximateCreationDateTime to integer microseconds since the epoch."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ValueError("ApproximateCreationDateTime must be a number")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError("ApproximateCreationDateTime must be a finite number")
     if value < 0:
         raise ValueError("ApproximateCreationDateTime must not be negative")
     if precision == "MICROSECOND":

@@ -69,12 +69,12 @@ def test_numbers_keep_38_significant_digits_as_text() -> None:
         ({"S": 1}, "S must be a string"),
         ({"N": 1.5}, "non-empty decimal string"),
         ({"N": ""}, "non-empty decimal string"),
-        ({"N": "abc"}, "is not a number"),
-        ({"N": "NaN"}, "is not a number"),
-        ({"N": "1.2.3"}, "is not a number"),
-        ({"N": "1e"}, "is not a number"),
-        ({"N": "1eX"}, "is not a number"),
-        ({"N": "--1"}, "is not a number"),
+        ({"N": "abc"}, "not a decimal number"),
+        ({"N": "NaN"}, "not a decimal number"),
+        ({"N": "1.2.3"}, "not a decimal number"),
+        ({"N": "1e"}, "not a decimal number"),
+        ({"N": "1eX"}, "not a decimal number"),
+        ({"N": "--1"}, "not a decimal number"),
         ({"B": "not base64!"}, "invalid base64"),
         ({"B": 17}, "must be base64 text"),
         ({"BS": ["AQ==", "%%"]}, "invalid base64"),
@@ -82,7 +82,7 @@ def test_numbers_keep_38_significant_digits_as_text() -> None:
         ({"NULL": False}, "NULL must be true"),
         ({"SS": ["a", 1]}, "SS must be a list of strings"),
         ({"NS": "1"}, "NS must be a list"),
-        ({"NS": ["1", "x"]}, "is not a number"),
+        ({"NS": ["1", "x"]}, "not a decimal number"),
         ({"M": []}, "M must be an object"),
         ({"L": {}}, "L must be a list"),
         ({"X": "?"}, "unknown attribute type 'X'"),
@@ -204,5 +204,5 @@ def test_valid_numbers_are_accepted(text) -> None:
 
 @pytest.mark.parametrize("text", ["١٢", " 1", "1 ", "0x10", "Infinity", "-", ".", "1e+", "+-1"])
 def test_other_number_texts_are_refused(text) -> None:
-    with pytest.raises(ValueError, match="is not a number"):
+    with pytest.raises(ValueError, match="not a decimal number"):
         value_from_wire({"N": text})
