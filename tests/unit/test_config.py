@@ -176,7 +176,7 @@ BAD = [
     (MINIMAL_TARGET + "role_arn = 'my-role'\n", "targets[0].role_arn: 'my-role' is not an IAM role ARN"),
     (MINIMAL_TARGET + "external_id = 'x'\n", "targets[0].external_id: only meaningful with role_arn"),
     ("[defaults]\nregion = 'moon-1'\n" + MINIMAL_TARGET.replace('region = "eu-west-1"\n', ""),
-     "targets[0].region: 'moon-1' is not an AWS region name"),
+     "defaults.region: 'moon-1' is not an AWS region name"),
 ]
 
 
@@ -226,11 +226,11 @@ def test_the_environment_shortcut_configures_one_target() -> None:
 
 def test_the_environment_shortcut_with_every_option() -> None:
     cfg = from_env({**ENV, "TABLESYNC_TARGET_NAME": "prod", "TABLESYNC_TARGET_ENDPOINT": "http://127.0.0.1:1",
-                    "TABLESYNC_TARGET_ROLE_ARN": "arn:aws:iam::1:role/r", "TABLESYNC_TARGET_EXTERNAL_ID": "x",
+                    "TABLESYNC_TARGET_ROLE_ARN": "arn:aws:iam::123456789012:role/r", "TABLESYNC_TARGET_EXTERNAL_ID": "x",
                     "TABLESYNC_TARGET_MODE": "inline", "TABLESYNC_DEAD_LETTER_DIR": "/tmp/dl"})
     (t,) = cfg.targets
     assert (t.name, t.endpoint_url, t.role_arn, t.external_id, t.mode) == (
-        "prod", "http://127.0.0.1:1", "arn:aws:iam::1:role/r", "x", "inline")
+        "prod", "http://127.0.0.1:1", "arn:aws:iam::123456789012:role/r", "x", "inline")
     assert t.dead_letter.kind == "dir" and t.dead_letter.path == "/tmp/dl"
 
 
@@ -264,3 +264,76 @@ def test_the_example_of_the_configuration_reference_is_valid(tmp_path) -> None:
     assert [t.name for t in cfg.targets] == ["prod-eu", "staging"]
     assert cfg.targets[0].source_table == "orders" and cfg.targets[0].retry_budget_seconds == 60
     assert cfg.targets[1].exclude == ("internal_notes",) and cfg.targets[1].mode == "inline"
+
+
+# -- the gaps closed for untrusted configuration: each names the file and the key ------------------
+GAPS = [
+    ("tombstone_margin_hours = nan\n" + MINIMAL_TARGET, "tombstone_margin_hours: must be a finite number"),
+    ("tombstone_margin_hours = inf\n" + MINIMAL_TARGET, "tombstone_margin_hours: must be a finite number"),
+    ("stream_retention_hours = nan\n" + MINIMAL_TARGET, "stream_retention_hours: must be a finite number"),
+    (MINIMAL_TARGET + "retry_budget_seconds = inf\n", "targets[0].retry_budget_seconds: must be a finite number"),
+    (MINIMAL_TARGET + "version_attribute = ''\n", "targets[0].version_attribute: must be a non-empty attribute"),
+    ('[source.key_schema]\nsrc = ["pk:S"]\n' + MINIMAL_TARGET + "mode = 'inline'\nversion_attribute = 'pk'\n",
+     "targets[0].version_attribute: 'pk' is a key attribute of src"),
+    (MINIMAL_TARGET + "role_arn = 'arn:aws:iam::12345:role/x'\n", "targets[0].role_arn: 'arn:aws:iam::12345:role/x' is"),
+    (MINIMAL_TARGET + "role_arn = 'arn:aws:s3:::123456789012:role/x'\n", "targets[0].role_arn:"),
+    (MINIMAL_TARGET + "role_arn = 'arn:aws:iam::123456789012:user/x'\n", "targets[0].role_arn:"),
+    (MINIMAL_TARGET + "role_arn = 'arn:aws:iam::123456789012:role/'\n", "targets[0].role_arn:"),
+    (MINIMAL_TARGET.replace('"t"', '"_poison"'), "targets[0].name: '_poison': names starting with '_' are reserved"),
+    (MINIMAL_TARGET.replace('"t"', '"_unmapped"'), "targets[0].name: '_unmapped': names starting with '_'"),
+    (MINIMAL_TARGET.replace('"t"', '"_x"'), "targets[0].name: '_x': names starting with '_' are reserved"),
+    (MINIMAL_TARGET + "ledger_table = 'a b'\n", "targets[0].ledger_table: 'a b' is not a valid DynamoDB table name"),
+    (MINIMAL_TARGET + "ledger_table = 'ab'\n", "targets[0].ledger_table: 'ab' is not a valid DynamoDB table name"),
+    ("[dead_letter]\nkind = 's3'\n" + MINIMAL_TARGET, "dead_letter.kind: must be one of dir, sqs"),
+    ("[dead_letter]\nqueue = 'x'\n" + MINIMAL_TARGET, "dead_letter.queue: unknown key"),
+    ("[dead_letter]\nkind = 'sqs'\n" + MINIMAL_TARGET, "targets[0].dead_letter.queue_url: required when kind"),
+    ("[defaults.dead_letter]\npath = 1\n" + MINIMAL_TARGET, "defaults.dead_letter.path: must be str, got int"),
+    ('[source]\ntable = "a b"\n' + MINIMAL_TARGET.replace('source_table = "src"\n', ""),
+     "source.table: 'a b' is not a valid DynamoDB table name"),
+    ('[source]\nregion = "Europe"\n' + MINIMAL_TARGET, "source.region: 'Europe' is not an AWS region name"),
+    ('[source.key_schema]\nsrc = ["pk:X"]\n' + MINIMAL_TARGET, "source.key_schema.src: 'pk:X' must be"),
+    ('[source.key_schema]\nsrc = ["a:S", "b:N", "c:B"]\n' + MINIMAL_TARGET, "source.key_schema.src: a key schema"),
+    ('[source.key_schema]\nsrc = "pk:S"\n' + MINIMAL_TARGET, "source.key_schema.src: must be a list"),
+    ("[source]\nmax_clock_skew_seconds = -1\n" + MINIMAL_TARGET, "source.max_clock_skew_seconds: must be between"),
+    ("[source]\nearliest_change_seconds = 1e12\n" + MINIMAL_TARGET, "source.earliest_change_seconds: must be"),
+    ("log_values = 'yes'\n" + MINIMAL_TARGET, "log_values: must be bool, got str"),
+]
+
+
+@pytest.mark.parametrize(("text", "message"), GAPS)
+def test_each_gap_names_the_file_and_the_key(tmp_path, text, message) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as caught:
+        load(path)
+    assert str(caught.value).startswith(f"{path}: ")
+    assert message in str(caught.value)
+
+
+def test_a_non_utf8_file_is_a_config_error_naming_the_file(tmp_path) -> None:
+    path = tmp_path / "latin1.toml"
+    path.write_bytes(MINIMAL_TARGET.replace('"dst"', '"d\xe9st"').encode("latin-1"))
+    with pytest.raises(ConfigError) as caught:
+        load(path)
+    assert str(caught.value).startswith(f"{path}: not UTF-8")
+
+
+def test_a_transform_that_fails_at_import_names_the_file_and_the_key(tmp_path, monkeypatch) -> None:
+    (tmp_path / "broken_transform_mod.py").write_text("raise RuntimeError('boom at import')\n")
+    (tmp_path / "syntax_transform_mod.py").write_text("def f(:\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for module, kind in (("broken_transform_mod", "RuntimeError"), ("syntax_transform_mod", "SyntaxError")):
+        path = write(tmp_path, MINIMAL_TARGET + f"transform = '{module}:f'\n")
+        with pytest.raises(ConfigError) as caught:
+            load(path)
+        assert str(caught.value).startswith(f"{path}: targets[0].transform: module {module!r} fails to import: {kind}")
+
+
+def test_source_settings_become_the_record_checks(tmp_path) -> None:
+    text = ('[source]\nregion = "us-east-1"\nmax_clock_skew_seconds = 60\nearliest_change_seconds = 1500000000\n'
+            '[source.key_schema]\nsrc = ["pk:S", "sk:N"]\n' + MINIMAL_TARGET)
+    checks = load(write(tmp_path, text)).record_checks()
+    assert checks.region == "us-east-1" and checks.max_skew_micros == 60_000_000
+    assert checks.floor_micros == 1_500_000_000_000_000
+    assert checks.key_schemas["src"].partition == ("pk", "S") and checks.key_schemas["src"].sort == ("sk", "N")
+    defaults = load(write(tmp_path, MINIMAL_TARGET)).record_checks()
+    assert defaults.key_schemas == {} and defaults.region is None and defaults.max_skew_micros == 300_000_000
