@@ -30,6 +30,8 @@ from kcl_app.adapters.ledger import LedgerWriter, ensure_ledger
 from kcl_app.adapters.metrics import EmfMetrics
 from kcl_app.adapters.scan import TargetSpec
 from kcl_app.config import Config, DeadLetterConfig, TargetConfig
+from kcl_app.core.checks import KeySchema
+from kcl_app.core.errors import ConfigError
 from kcl_app.pipeline import POISON_STORE, UNMAPPED_STORE, Pipeline
 from kcl_app.ports import Clock, DeadLetterSink, Metrics, TargetWriter
 
@@ -262,24 +264,59 @@ class Engine:
                 close()
 
 
+def learn_key_schemas(config: Config, clients: Mapping[str, Any], source: Any | None = None
+                      ) -> dict[str, KeySchema]:
+    """The key schema of every source table, once per process: from `[source.key_schema]`, else
+    DescribeTable of the source table, else (a source out of reach, e.g. no endpoint for it) of a
+    target table of it, whose key schema must equal the source's for replication to work at all.
+
+    Raises ConfigError naming what was tried when a schema cannot be learned."""
+    learned: dict[str, KeySchema] = dict(config.key_schemas)
+    for table in sorted({t.source_table for t in config.targets} - set(learned)):
+        tried = []
+        candidates: list[tuple[str, Any, str]] = []
+        if source is None:
+            source = boto3.client("dynamodb", region_name=config.source_region,
+                                  endpoint_url=config.source_endpoint_url, config=boto_config(timeout=5.0))
+        candidates.append((f"source table {table}", source, table))
+        candidates += [(f"target {t.name} table {t.table}", clients[t.name], t.table)
+                       for t in config.targets if t.source_table == table]
+        for label, client, name in candidates:
+            try:
+                learned[table] = KeySchema.from_describe(client.describe_table(TableName=name)["Table"])
+                break
+            except Exception as exc:  # noqa: BLE001 - any failure: try the next, report them all
+                tried.append(f"{label}: {type(exc).__name__}: {str(exc)[:160]}")
+        else:
+            raise ConfigError(f"{config.origin}: source.key_schema",
+                              f"cannot learn the key schema of source table {table!r} ({'; '.join(tried)}); "
+                              f'set it, e.g. [source.key_schema] {table} = ["pk:S"]')
+        log.info("source table %s: key schema %s", table, learned[table])
+    return learned
+
+
 def build_engine(config: Config, *, clock: Clock | None = None, metrics: Metrics | None = None,
                  dead_letters: DeadLetterSink | None = None, clients: Mapping[str, DynamoDBClient] | None = None,
-                 prepare: bool = True, unmapped: Literal["skip", "park"] | None = None) -> Engine:
+                 prepare: bool = True, unmapped: Literal["skip", "park"] | None = None,
+                 source_client: Any | None = None) -> Engine:
     """The engine for `config`: a writer per target, the dead-letter routing and the pipeline.
 
     `unmapped` overrides the config's choice for records of tables no target wants (redrive of a
-    stream-wide store passes "park", so that what is still unmapped stays in the store)."""
+    stream-wide store passes "park", so that what is still unmapped stays in the store).
+    `prepare`: create missing ledgers and learn the source tables' key schemas (see
+    learn_key_schemas); without it only `[source.key_schema]` is checked against records."""
     clock = clock or SystemClock()
     metrics = metrics or EmfMetrics(namespace=config.metrics_namespace)
     dead_letters = dead_letters or make_dead_letters(config)
-    writers = {
-        t.name: make_writer(t, config, clock, (clients or {}).get(t.name), prepare) for t in config.targets
-    }
+    target_clients = {t.name: (clients or {}).get(t.name) or dynamodb_client(t) for t in config.targets}
+    writers = {t.name: make_writer(t, config, clock, target_clients[t.name], prepare) for t in config.targets}
+    schemas = learn_key_schemas(config, target_clients, source_client) if prepare else dict(config.key_schemas)
     pipeline = Pipeline(
         config.rules(), writers, dead_letters, metrics, clock,
         retry_budget_seconds={t.name: t.retry_budget_seconds for t in config.targets},
         unmapped=unmapped or config.unmapped,
         precision=config.precision,
+        checks=config.record_checks(schemas),
     )
     return Engine(config, pipeline, writers, dead_letters)
 

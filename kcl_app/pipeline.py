@@ -16,8 +16,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Literal
 
-from kcl_app.core.errors import ParkFailed, PoisonRecord
 from kcl_app.core.checks import DEFAULT_CHECKS, RecordChecks
+from kcl_app.core.errors import ParkFailed, PoisonRecord
 from kcl_app.core.plan import TargetPlan, TargetRule, Write, plan_batch, safe_checkpoint
 from kcl_app.core.records import Change, RawRecord, decode
 from kcl_app.core.retry import WRITES, Backoff, ErrorInfo, RetryBudgetSpent, until
@@ -136,7 +136,8 @@ class Pipeline:
         except Exception:  # a defect the plan did not foresee: find the changes that cause it, alone
             log.exception("planning the batch failed; planning its changes one by one")
             plans, bad = _plan_each(changes, rules)
-            letters = [(i, self._letter(POISON_STORE, f"cannot plan the change ({why})", c.raw, c)) for i, c, why in bad]
+            letters = [(i, self._letter(POISON_STORE, f"cannot plan the change ({why})", c.raw, c))
+                       for i, c, why in bad]
             result.poison += len(letters)
             unsettled |= self._park(letters)
 

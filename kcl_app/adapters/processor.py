@@ -4,10 +4,11 @@ Contract with the daemon, and how each failure is owned here (kclpy catches exce
 by a processor, logs them and still reports success, so nothing may be left to raise):
 
 1. `process_records`: decode, apply to every target or park, then checkpoint at the highest
-   record that is settled everywhere. If a batch cannot be settled (a dead-letter store is down)
-   or the engine fails unexpectedly, the process exits with an error before anything later can be
-   checkpointed; the daemon then stops, its supervisor restarts it, and the records after the
-   last checkpoint are delivered again (writes are idempotent).
+   record that is settled everywhere. A record that cannot be decoded, checked or shaped is parked
+   with its reason; if the engine itself fails on a batch, the whole batch is parked as poison.
+   Only a batch that cannot be parked (a dead-letter store is down) makes the process exit with an
+   error before anything later can be checkpointed; the daemon then stops, its supervisor restarts
+   it, and the records after the last checkpoint are delivered again (writes are idempotent).
 2. `shard_ended`: everything delivered is already settled; checkpoint SHARD_END (required, or
    the child shards stay blocked).
 3. `lease_lost`: stop; never checkpoint (another worker owns the shard now).
@@ -31,6 +32,7 @@ from amazon_kclpy.v3.processor import RecordProcessorBase
 
 from kcl_app import logs
 from kcl_app.adapters.retry import Backoff
+from kcl_app.core.errors import ReplicationError
 from kcl_app.core.records import RawRecord
 from kcl_app.pipeline import Pipeline
 from kcl_app.ports import Clock, Metrics
@@ -39,6 +41,7 @@ log = logging.getLogger("tablesync.processor")
 
 EXIT_UNSETTLED = 3  # a batch could neither be applied nor parked
 EXIT_ENGINE_BUG = 70
+EXIT_CANNOT_START = 78  # configuration (EX_CONFIG): e.g. a source key schema that cannot be learned
 
 
 class CheckpointFailure(enum.Enum):
@@ -76,7 +79,11 @@ class ReplicationProcessor(RecordProcessorBase):
         self.shard_id = initialize_input.shard_id
         logs.add_static(shard=self.shard_id)
         log.info("initialize at %s", initialize_input.sequence_number)
-        self.pipeline = self._factory()
+        try:
+            self.pipeline = self._factory()
+        except Exception as exc:  # e.g. a key schema that cannot be learned: say so and stop clearly
+            log.critical("cannot start the engine: %s", exc, exc_info=not isinstance(exc, ReplicationError))
+            self._exit(EXIT_CANNOT_START)
 
     def process_records(self, process_records_input: Any) -> None:
         if not self.lease_held:

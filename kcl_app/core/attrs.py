@@ -19,8 +19,8 @@ import hashlib
 import json
 import re
 from collections.abc import Iterable, Mapping
-from json.encoder import encode_basestring_ascii as _quote
 from decimal import Decimal
+from json.encoder import encode_basestring_ascii as _quote
 from typing import Any
 
 from kcl_app.core.checks import number_problem

@@ -114,6 +114,7 @@ def check_key(key: Mapping[str, Mapping[str, Any]], schema: KeySchema | None, wh
     """`key` (API form) has exactly the schema's attributes and types, within DynamoDB's key limits.
 
     Without a schema: one or two S/N/B attributes within the partition-key limit."""
+    roles: list[tuple[str, str | None, int]]
     if schema is None:
         if not 1 <= len(key) <= 2:
             raise ValueError(f"{where} must hold one or two key attributes")

@@ -16,6 +16,7 @@ from kcl_app.commands import redrive as redrive_cmd
 from kcl_app.compose import build_engine
 from kcl_app.config import load
 from kcl_app.redrive import redrive
+from tests.conftest import FakeClock
 from tests.support.source_sim import SourceSim
 from tests.support.tables import create_table, normalise_all, scan_all
 
@@ -43,6 +44,13 @@ table = "copy-up"
 region = "eu-west-1"
 {DOWN}""")
     return path
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    """The engine's clock at the real time: the history below is stamped a minute ago, and a change
+    stamped after the engine's "now" (plus the allowed skew) would be refused as implausible."""
+    return FakeClock(start=time.time())
 
 
 def recent() -> int:
@@ -241,7 +249,10 @@ def test_a_near_1_mb_change_parked_in_sqs_is_kept_in_s3_and_redriven(clock: Any,
     boto3.client("s3", region_name="ap-southeast-2").create_bucket(
         Bucket="tablesync-dl-payloads", CreateBucketConfiguration={"LocationConstraint": "ap-southeast-2"})
     path = tmp_path / "targets.toml"
-    path.write_text(f"""{DOWN}
+    # the only target is down at start, so the source's key schema is given, not learned
+    path.write_text(f"""[source.key_schema]
+source = ["pk:S"]
+{DOWN}
 [targets.dead_letter]
 kind = "sqs"
 queue_url = "{queue}"
@@ -274,6 +285,9 @@ def test_redrive_from_the_one_queue_of_every_target_while_still_down(clock: Any,
     queue = boto3.client("sqs", region_name="us-east-1").create_queue(QueueName="tablesync-dl")["QueueUrl"]
     path = tmp_path / "targets.toml"
     path.write_text(f"""
+[source.key_schema]
+source = ["pk:S"]
+
 [dead_letter]
 kind = "sqs"
 queue_url = "{queue}"
@@ -320,6 +334,9 @@ def stream_wide_config(tmp_path: Path, extra: str = "", unmapped: str = "park") 
     path = tmp_path / "targets.toml"
     path.write_text(f"""
 unmapped = "{unmapped}"
+
+[source.key_schema]
+orders = ["pk:S"]
 
 [dead_letter]
 kind = "dir"

@@ -226,7 +226,8 @@ def test_the_environment_shortcut_configures_one_target() -> None:
 
 def test_the_environment_shortcut_with_every_option() -> None:
     cfg = from_env({**ENV, "TABLESYNC_TARGET_NAME": "prod", "TABLESYNC_TARGET_ENDPOINT": "http://127.0.0.1:1",
-                    "TABLESYNC_TARGET_ROLE_ARN": "arn:aws:iam::123456789012:role/r", "TABLESYNC_TARGET_EXTERNAL_ID": "x",
+                    "TABLESYNC_TARGET_ROLE_ARN": "arn:aws:iam::123456789012:role/r",
+                    "TABLESYNC_TARGET_EXTERNAL_ID": "x",
                     "TABLESYNC_TARGET_MODE": "inline", "TABLESYNC_DEAD_LETTER_DIR": "/tmp/dl"})
     (t,) = cfg.targets
     assert (t.name, t.endpoint_url, t.role_arn, t.external_id, t.mode) == (
@@ -275,7 +276,8 @@ GAPS = [
     (MINIMAL_TARGET + "version_attribute = ''\n", "targets[0].version_attribute: must be a non-empty attribute"),
     ('[source.key_schema]\nsrc = ["pk:S"]\n' + MINIMAL_TARGET + "mode = 'inline'\nversion_attribute = 'pk'\n",
      "targets[0].version_attribute: 'pk' is a key attribute of src"),
-    (MINIMAL_TARGET + "role_arn = 'arn:aws:iam::12345:role/x'\n", "targets[0].role_arn: 'arn:aws:iam::12345:role/x' is"),
+    (MINIMAL_TARGET + "role_arn = 'arn:aws:iam::12345:role/x'\n",
+     "targets[0].role_arn: 'arn:aws:iam::12345:role/x' is not an IAM role ARN"),
     (MINIMAL_TARGET + "role_arn = 'arn:aws:s3:::123456789012:role/x'\n", "targets[0].role_arn:"),
     (MINIMAL_TARGET + "role_arn = 'arn:aws:iam::123456789012:user/x'\n", "targets[0].role_arn:"),
     (MINIMAL_TARGET + "role_arn = 'arn:aws:iam::123456789012:role/'\n", "targets[0].role_arn:"),
