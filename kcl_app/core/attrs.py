@@ -76,6 +76,8 @@ def _from_wire(value: Any, depth: int = 1) -> AttributeValue:
             raise _Malformed(f"nested deeper than DynamoDB's {MAX_DEPTH} levels")
         members: Item = {}
         for name, member in inner.items():
+            if not name:
+                raise _Malformed("attribute names must not be empty")
             try:
                 members[name] = _from_wire(member, depth + 1)
             except _Malformed as bad:
@@ -163,6 +165,8 @@ def item_from_wire(image: Any, where: str = "image") -> Item:
         raise ValueError(f"{where}: an image must be an object")
     out: Item = {}
     for name, value in image.items():
+        if not name:
+            raise ValueError(f"{where}: attribute names must not be empty")
         try:
             out[name] = _from_wire(value)
         except _Malformed as bad:

@@ -138,10 +138,11 @@ def plan_batch(
         records = tuple(indexes)
         try:
             item = rule.shape(change)
-            # The record's SizeBytes bounds its NewImage, and a projection only removes attributes:
-            # without a transform, a record under the limit cannot hold an oversized item. (A record
-            # that lies about its size is still refused by DynamoDB, and the write is parked.)
-            bounded = rule.transform is None and 0 < change.size_bytes <= MAX_ITEM_BYTES
+            # The record's own length bounds its NewImage's size (DynamoDB's sizing counts less than
+            # the JSON text of every value and name), and a projection only removes attributes: without
+            # a transform, a record under the limit cannot hold an oversized item. (`SizeBytes` is not
+            # trusted for this: a forged record can state any size.)
+            bounded = rule.transform is None and change.raw is not None and len(change.raw.data) <= MAX_ITEM_BYTES
             size = 0 if item is None or bounded else item_size(item)
         except TransformFailed as exc:
             plans[target].rejected.append(Rejected(target, change, f"transform failed: {exc.reason}", records))

@@ -115,7 +115,7 @@ def _decode(raw: RawRecord, precision: Precision, checks: RecordChecks, now_mill
         raise PoisonRecord(str(exc)) from exc
     event = _field(doc, "eventName", str)
     if event not in _EVENTS:
-        raise PoisonRecord(f"unknown eventName {event[:40]!r}")
+        raise PoisonRecord("unknown eventName (not INSERT, MODIFY or REMOVE)")
     table = _field(doc, "tableName", str)
     event_id = _field(doc, "eventID", str)
     ddb = _field(doc, "dynamodb", dict)

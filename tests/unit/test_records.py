@@ -144,7 +144,7 @@ POISON = [
     (_without(("dynamodb", "Keys")), "missing field dynamodb.Keys"),
     (_without(("dynamodb", "NewImage")), "missing field dynamodb.NewImage"),
     (_without(("dynamodb", "ApproximateCreationDateTime")), "ApproximateCreationDateTime"),
-    (_with(("eventName",), "UPSERT"), "unknown eventName 'UPSERT'"),
+    (_with(("eventName",), "UPSERT"), "unknown eventName (not INSERT, MODIFY or REMOVE)"),
     (_with(("eventName",), 1), "field eventName must be str"),
     (_with(("tableName",), True), "field tableName must be str"),
     (_with(("dynamodb",), []), "field dynamodb must be dict"),
