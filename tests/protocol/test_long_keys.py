@@ -47,7 +47,7 @@ def create(client: Any, table: str, schema: list[tuple[str, str]]) -> None:
     client.create_table(
         TableName=table,
         AttributeDefinitions=[{"AttributeName": n, "AttributeType": t} for n, t in schema],
-        KeySchema=[{"AttributeName": n, "KeyType": role} for (n, _), role in zip(schema, ["HASH", "RANGE"])],
+        KeySchema=[{"AttributeName": n, "KeyType": ("HASH", "RANGE")[i]} for i, (n, _) in enumerate(schema)],
         BillingMode="PAY_PER_REQUEST")
 
 
