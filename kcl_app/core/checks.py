@@ -34,6 +34,14 @@ class KeySchema:
 
     partition: tuple[str, str]
     sort: tuple[str, str] | None = None
+    roles: tuple[tuple[str, str | None, int], ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        # (name, type, byte limit) of each key attribute, computed once: checked on every record
+        roles: tuple[tuple[str, str | None, int], ...] = ((*self.partition, MAX_PARTITION_KEY_BYTES),)
+        if self.sort is not None:
+            roles += ((*self.sort, MAX_SORT_KEY_BYTES),)
+        object.__setattr__(self, "roles", roles)
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -101,10 +109,9 @@ def check_version(micros: int, arrival_millis: int | None, checks: RecordChecks)
                          "allowed clock skew: a wrong unit or a forged record")
 
 
-def _key_bytes(value: Mapping[str, Any]) -> int:
-    ((kind, inner),) = value.items()
+def _key_bytes(kind: str, inner: Any) -> int:
     if kind == "S":
-        return len(inner.encode("utf-8"))
+        return len(inner) if inner.isascii() else len(inner.encode("utf-8"))
     if kind == "B":
         return len(inner)
     return 0
@@ -114,30 +121,41 @@ def check_key(key: Mapping[str, Mapping[str, Any]], schema: KeySchema | None, wh
     """`key` (API form) has exactly the schema's attributes and types, within DynamoDB's key limits.
 
     Without a schema: one or two S/N/B attributes within the partition-key limit."""
-    roles: list[tuple[str, str | None, int]]
+    if schema is not None and len(key) == len(schema.roles):  # the fast path: a valid key, once per change
+        for name, kind, limit in schema.roles:
+            value = key.get(name)
+            inner = None if value is None else value.get(kind)
+            if inner is None or kind != "N" and not 0 < len(inner) <= limit // 4:
+                break  # a problem, or a long key: the full check below says which
+        else:
+            return
+    _check_key(key, schema, where)
+
+
+def _check_key(key: Mapping[str, Mapping[str, Any]], schema: KeySchema | None, where: str) -> None:
+    roles: tuple[tuple[str, str | None, int], ...]
     if schema is None:
         if not 1 <= len(key) <= 2:
             raise ValueError(f"{where} must hold one or two key attributes")
-        roles = [(name, None, MAX_PARTITION_KEY_BYTES) for name in key]
+        roles = tuple((name, None, MAX_PARTITION_KEY_BYTES) for name in key)
     else:
-        expected = set(schema.names)
-        if set(key) != expected:
+        roles = schema.roles
+        if len(key) != len(roles) or any(name not in key for name, _, _ in roles):
+            expected = set(schema.names)
             missing, extra = sorted(expected - set(key)), sorted(set(key) - expected)
             raise ValueError(f"{where} does not match the table's key schema"
                              + (f" (missing {', '.join(missing)})" if missing else "")
                              + (f" (unexpected {', '.join(extra)})" if extra else ""))
-        roles = [(schema.partition[0], schema.partition[1], MAX_PARTITION_KEY_BYTES)]
-        if schema.sort is not None:
-            roles.append((schema.sort[0], schema.sort[1], MAX_SORT_KEY_BYTES))
     for name, kind, limit in roles:
-        value = key[name]
-        actual = next(iter(value))
-        if actual not in KEY_TYPES:
-            raise ValueError(f"{where}.{name}: a key attribute must be S, N or B")
-        if kind is not None and actual != kind:
+        ((actual, inner),) = key[name].items()
+        if kind is not None and actual != kind or actual not in KEY_TYPES:
+            if actual not in KEY_TYPES:
+                raise ValueError(f"{where}.{name}: a key attribute must be S, N or B")
             raise ValueError(f"{where}.{name}: the table's key schema says {kind}, the record has {actual}")
-        size = _key_bytes(value)
-        if actual != "N" and size == 0:
+        if actual == "N":
+            continue
+        size = _key_bytes(actual, inner)
+        if size == 0:
             raise ValueError(f"{where}.{name}: a key value must not be empty")
         if size > limit:
             raise ValueError(f"{where}.{name}: {size} bytes exceeds DynamoDB's {limit}-byte key limit")

@@ -16,6 +16,7 @@ Streams record format" for DynamoDB)::
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -27,6 +28,7 @@ from kcl_app.core.versions import Precision, Version, to_micros
 EventName = Literal["INSERT", "MODIFY", "REMOVE"]
 _EVENTS = ("INSERT", "MODIFY", "REMOVE")
 TTL_PRINCIPAL = "dynamodb.amazonaws.com"
+_SURROGATE = re.compile(rb"\\u[dD][89a-fA-F]")  # JSON's escape of a UTF-16 surrogate (D800-DFFF)
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,7 +106,7 @@ def _decode(raw: RawRecord, precision: Precision, checks: RecordChecks, now_mill
         raise PoisonRecord("not JSON: nested too deeply") from exc
     if not isinstance(doc, dict):
         raise PoisonRecord("not a JSON object")
-    if b"\\ud" in data or b"\\uD" in data:  # an escaped surrogate: valid only as a pair
+    if b"\\" in data and _SURROGATE.search(data):  # an escaped surrogate: valid only as a pair
         try:
             json.dumps(doc, ensure_ascii=False).encode("utf-8")
         except UnicodeEncodeError as exc:
