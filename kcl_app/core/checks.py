@@ -124,7 +124,7 @@ def check_key(key: Mapping[str, Mapping[str, Any]], schema: KeySchema | None, wh
     if schema is not None and len(key) == len(schema.roles):  # the fast path: a valid key, once per change
         for name, kind, limit in schema.roles:
             value = key.get(name)
-            inner = None if value is None else value.get(kind)
+            inner = None if value is None or kind is None else value.get(kind)
             if inner is None or kind != "N" and not 0 < len(inner) <= limit // 4:
                 break  # a problem, or a long key: the full check below says which
         else:
