@@ -276,8 +276,12 @@ def learn_key_schemas(config: Config, clients: Mapping[str, Any], source: Any | 
         tried = []
         candidates: list[tuple[str, Any, str]] = []
         if source is None:
+            # one attempt, short timeouts: an unreachable source (no endpoint for it here, no
+            # DescribeTable permission) must not delay the start; the targets are asked next
             source = boto3.client("dynamodb", region_name=config.source_region,
-                                  endpoint_url=config.source_endpoint_url, config=boto_config(timeout=5.0))
+                                  endpoint_url=config.source_endpoint_url,
+                                  config=BotoConfig(retries={"total_max_attempts": 1}, connect_timeout=2,
+                                                    read_timeout=5))
         candidates.append((f"source table {table}", source, table))
         candidates += [(f"target {t.name} table {t.table}", clients[t.name], t.table)
                        for t in config.targets if t.source_table == table]
