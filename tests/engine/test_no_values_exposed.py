@@ -18,6 +18,7 @@ from kcl_app.commands import redrive as redrive_cmd
 from kcl_app.commands import verify as verify_cmd
 from kcl_app.compose import build_engine
 from kcl_app.config import load
+from tests.conftest import FakeClock
 from tests.support.source_sim import SourceSim
 from tests.support.tables import create_table
 
@@ -44,6 +45,13 @@ region = "us-east-1"
 retry_budget_seconds = 1
 """
 
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    """The engine's clock at the real time: the changes below are stamped a minute ago by the real
+    clock, and a change stamped after the engine's "now" (plus the allowed skew) is refused."""
+    return FakeClock(start=time.time())
 
 def exposed(text: str) -> list[str]:
     return [s for s in SECRETS if s in text]

@@ -17,12 +17,16 @@ from kcl_app.adapters.metrics import RecordingMetrics
 from kcl_app.commands import redrive as redrive_cmd
 from kcl_app.compose import build_engine
 from kcl_app.config import load
+from tests.conftest import FakeClock
 from tests.support.source_sim import SourceSim
 from tests.support.tables import create_table, scan_all
 
 REGION = "us-east-1"
 BUCKET = "tablesync-dl-payloads"
 TARGET = """
+[source.key_schema]
+source = ["pk:S"]
+
 [[targets]]
 name = "down"
 source_table = "source"
@@ -30,6 +34,13 @@ table = "copy-down"
 region = "us-east-1"
 retry_budget_seconds = 2
 """
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    """The engine's clock at the real time: the changes below are stamped a minute ago by the real
+    clock, and a change stamped after the engine's "now" (plus the allowed skew) is refused."""
+    return FakeClock(start=time.time())
 
 
 def args_for(path: Path) -> argparse.Namespace:
