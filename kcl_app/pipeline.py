@@ -136,10 +136,10 @@ class Pipeline:
         except Exception:  # a defect the plan did not foresee: find the changes that cause it, alone
             log.exception("planning the batch failed; planning its changes one by one")
             plans, bad = _plan_each(changes, rules)
-            letters = [(i, self._letter(POISON_STORE, f"cannot plan the change ({why})", c.raw, c))
-                       for i, c, why in bad]
-            result.poison += len(letters)
-            unsettled |= self._park(letters)
+            unplanned = [(i, self._letter(POISON_STORE, f"cannot plan the change ({why})", c.raw, c))
+                         for i, c, why in bad]
+            result.poison += len(unplanned)
+            unsettled |= self._park(unplanned)
 
         # 4 apply to every target concurrently, each within its own retry budget
         start = self.clock.monotonic()

@@ -39,3 +39,15 @@ class ParkFailed(ReplicationError):
 
     def __str__(self) -> str:
         return f"dead-letter store {self.store!r} failed: {self.reason}"
+
+
+@dataclass
+class TransformFailed(ReplicationError):
+    """A target's transform raised or returned something DynamoDB would refuse. `reason` names the
+    attribute or the exception's type, never a value (it is logged and parked)."""
+
+    target: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"transform of target {self.target!r} failed: {self.reason}"
