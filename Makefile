@@ -8,7 +8,7 @@ demo: setup
 	.venv/bin/tablesync demo
 
 test: setup
-	.venv/bin/ruff check kcl_app tests bench
+	.venv/bin/ruff check kcl_app tablesync_local tests bench
 	.venv/bin/mypy
 	.venv/bin/lint-imports
 	.venv/bin/pytest -q

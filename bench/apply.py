@@ -147,7 +147,7 @@ def server_cpu_s(pid: int | None) -> float | None:
 
 
 def emulator_pid(endpoint: str) -> int | None:
-    from kcl_app.local.stack import health
+    from tablesync_local.stack import health
 
     pid = (health(endpoint, timeout=5) or {}).get("pid")
     return pid if isinstance(pid, int) else None
@@ -169,7 +169,7 @@ def measure(kind: str, targets: int, endpoint: str, args: argparse.Namespace, wa
 
 
 def start_null_target() -> tuple[subprocess.Popen[str], str]:
-    from kcl_app.local.stack import free_port
+    from tablesync_local.stack import free_port
 
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "bench.null_target", "--port", str(port)], cwd=ROOT,
@@ -228,7 +228,7 @@ def report(args: argparse.Namespace, rows: list[tuple[str, dict[str, Any]]], wor
 
 def parent(args: argparse.Namespace) -> int:
     from bench.workload import change_records, describe
-    from kcl_app.local.stack import running_stack
+    from tablesync_local.stack import running_stack
 
     workload = describe(change_records(args.changes, args.keys))
     started, load_start = time.perf_counter(), os.getloadavg()[0]

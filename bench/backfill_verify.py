@@ -100,7 +100,7 @@ def _backend(endpoint: str | None) -> Iterator[None]:
     os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "bench")
     from moto import mock_aws
 
-    from kcl_app.local import moto_fixes
+    from tablesync_local import moto_fixes
 
     moto_fixes.install()
     with mock_aws():

@@ -30,7 +30,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from kcl_app.local.fleet import (
+from tablesync_local.fleet import (
     LOCAL_PROPERTIES,
     Fleet,
     create_source,
@@ -40,7 +40,7 @@ from kcl_app.local.fleet import (
     read_metrics,
     wait_for,
 )
-from kcl_app.local.stack import LocalStack, running_stack
+from tablesync_local.stack import LocalStack, running_stack
 
 REGION = "us-east-1"
 SHARDS = 4

@@ -28,8 +28,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from kcl_app.local.fleet import Fleet, create_source, create_table, lease_owners, read_metrics  # noqa: E402
-from kcl_app.local.stack import running_stack  # noqa: E402
+from tablesync_local.fleet import Fleet, create_source, create_table, lease_owners, read_metrics  # noqa: E402
+from tablesync_local.stack import running_stack  # noqa: E402
 
 REGION = "us-east-1"
 TARGETS = (("dr", "eu-west-1", "lag-dr"), ("lite", "ap-southeast-2", "lag-lite"))

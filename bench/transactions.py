@@ -3,7 +3,7 @@
 Run: .venv/bin/python bench/transactions.py [--sizes 0,1000,10000,50000] [--repeat 15]
 
 Measures moto as shipped first (its rollback deep-copies every table in the request), then the same
-workload after ``kcl_app.local.moto_fixes.install()`` (which snapshots only the touched items).
+workload after ``tablesync_local.moto_fixes.install()`` (which snapshots only the touched items).
 Each transaction writes 25 items with a version condition, as tablesync's ledger writer does.
 Prints one line per (implementation, table size) to stdout.
 """
@@ -70,7 +70,7 @@ def main() -> int:
     results: dict[tuple[str, int], float] = {}
     for size in sizes:  # moto as shipped: must run before install(), which patches the process for good
         results[("moto 5.2.5", size)] = _measure(size, args.repeat_unfixed)
-    from kcl_app.local import moto_fixes
+    from tablesync_local import moto_fixes
 
     moto_fixes.install()
     for size in sizes:

@@ -55,7 +55,7 @@ def moto() -> Iterator[None]:
     from moto import mock_aws
 
     try:
-        from kcl_app.local import moto_fixes
+        from tablesync_local import moto_fixes
 
         moto_fixes.install()
     except ImportError:

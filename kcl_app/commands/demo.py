@@ -26,8 +26,8 @@ from kcl_app.adapters.clock import SystemClock
 from kcl_app.adapters.scan import TargetSpec
 from kcl_app.commands import described
 from kcl_app.config import load
-from kcl_app.local.fleet import Fleet, create_source, create_table, differences, lease_owners, read_metrics, scan
 from kcl_app.verify import Verifier
+from tablesync_local.fleet import Fleet, create_source, create_table, differences, lease_owners, read_metrics, scan
 
 SOURCE_REGION = "us-east-1"
 TARGETS: tuple[dict[str, Any], ...] = (
@@ -119,7 +119,7 @@ class Progress:
 
 
 def run(args: argparse.Namespace) -> int:
-    from kcl_app.local.stack import running_stack
+    from tablesync_local.stack import running_stack
 
     workdir = Path(tempfile.mkdtemp(prefix="tablesync-demo-"))
     rng = random.Random(2024)

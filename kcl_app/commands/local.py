@@ -22,7 +22,7 @@ import time
 from typing import Any
 
 from kcl_app.commands import described, standalone
-from kcl_app.local import stack
+from tablesync_local import stack
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -90,7 +90,7 @@ def _up(args: argparse.Namespace) -> int:
 def _foreground(args: argparse.Namespace, directory: Any) -> int:
     import logging
 
-    from kcl_app.local import server
+    from tablesync_local import server
 
     logging.basicConfig(stream=sys.stderr, level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")

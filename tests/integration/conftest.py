@@ -1,6 +1,6 @@
 """Fixtures for tests that need the local stack (one emulator process per test session).
 
-``local_stack``: a :class:`kcl_app.local.stack.LocalStack` on a free 127.0.0.1 port with
+``local_stack``: a :class:`tablesync_local.stack.LocalStack` on a free 127.0.0.1 port with
 ``.endpoint``, ``.port``, ``.client(service, region)``, ``.reset()``, ``.configure_faults()``,
 ``.stats()``, ``.ttl_expire()``, ``.flush()``. Started once (about 1 s), stopped at the end
 of the session even when tests fail. Its log: ``<pytest tmp>/local-stack*/stack.log``.
@@ -15,7 +15,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from kcl_app.local.stack import LocalStack, running_stack
+from tablesync_local.stack import LocalStack, running_stack
 
 
 @pytest.fixture(scope="session")

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError
 
-from kcl_app.local.stack import LocalStack, poll_until
+from tablesync_local.stack import LocalStack, poll_until
 
 pytestmark = pytest.mark.integration
 
@@ -371,10 +371,10 @@ def test_oversize_change_is_dropped_and_counted(make_env) -> None:  # type: igno
 
 
 def test_in_process_python_api_with_mock_aws(moto: None) -> None:
-    """Without a server: moto's mock plus :mod:`kcl_app.local.destination` called directly."""
+    """Without a server: moto's mock plus :mod:`tablesync_local.destination` called directly."""
     import boto3
 
-    from kcl_app.local import destination
+    from tablesync_local import destination
 
     destination.install()
     try:

@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from kcl_app.local.fleet import (
+from tablesync_local.fleet import (
     Fleet,
     create_source,
     create_table,

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from kcl_app.local.fleet import (
+from tablesync_local.fleet import (
     Fleet,
     create_source,
     create_table,

@@ -31,8 +31,8 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 
 from kcl_app.adapters.ledger import ledger_schema
-from kcl_app.local.fleet import Fleet, create_source, create_table, differences, scan, wait_for
-from kcl_app.local.stack import LocalStack, start_subprocess
+from tablesync_local.fleet import Fleet, create_source, create_table, differences, scan, wait_for
+from tablesync_local.stack import LocalStack, start_subprocess
 from tests.infra.policy import DEFAULT_WORKER_PARAMETERS, moto_enforcement_policy, worker_actions, worker_statements
 
 pytestmark = pytest.mark.integration

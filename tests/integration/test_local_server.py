@@ -21,8 +21,8 @@ from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
-from kcl_app.local import stack as stack_mod
-from kcl_app.local.stack import LocalStack, free_port, pid_alive, poll_until
+from tablesync_local import stack as stack_mod
+from tablesync_local.stack import LocalStack, free_port, pid_alive, poll_until
 
 pytestmark = pytest.mark.integration
 

@@ -14,7 +14,7 @@ import boto3
 import pytest
 from botocore.exceptions import ClientError
 
-from kcl_app.local import moto_fixes
+from tablesync_local import moto_fixes
 
 pytestmark = pytest.mark.integration
 

@@ -7,8 +7,8 @@ import uuid
 
 import pytest
 
-from kcl_app.local.destination import FaultConfig
-from kcl_app.local.destination_format import (
+from tablesync_local.destination import FaultConfig
+from tablesync_local.destination_format import (
     TTL_USER_IDENTITY,
     CreationClock,
     attribute_value_size,

@@ -7,7 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from kcl_app.local.moto_fixes import MAX_ITEM_BYTES, item_size, select_shards, value_size
+from tablesync_local.moto_fixes import MAX_ITEM_BYTES, item_size, select_shards, value_size
 
 
 @pytest.mark.parametrize(("value", "size"), [

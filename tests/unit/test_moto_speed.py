@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from kcl_app.local import moto_speed
+from tablesync_local import moto_speed
 
 moto_speed.install()
 

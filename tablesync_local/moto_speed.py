@@ -21,7 +21,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from kcl_app.local.patching import patch
+from tablesync_local.patching import patch
 
 _MARK = "_tablesync_speed"
 _install_lock = threading.Lock()

@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from kcl_app.local.moto_fixes._patch import fix
+from tablesync_local.moto_fixes._patch import fix
 
 MAX_ITEM_BYTES = 400 * 1024
 """DynamoDB's item size limit: UTF-8 attribute name lengths plus value sizes."""

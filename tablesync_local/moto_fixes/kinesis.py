@@ -10,7 +10,7 @@ import threading
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from kcl_app.local.moto_fixes._patch import fix
+from tablesync_local.moto_fixes._patch import fix
 
 MAX_GET_RECORDS = 10_000
 

@@ -12,7 +12,7 @@ unchanged against the emulator, and hooks every item change of moto's DynamoDB m
   published only if it commits (moto applies then rolls back on failure).
 
 Contract: while a table has an ACTIVE destination, every change that alters the item
-becomes exactly one Kinesis record (format: :mod:`kcl_app.local.destination_format`)
+becomes exactly one Kinesis record (format: :mod:`tablesync_local.destination_format`)
 put into moto's Kinesis backend in-process, synchronously (unless a reorder window holds
 it); a write that leaves the item unchanged produces none, as on the real service.
 ``ApproximateCreationDateTime`` comes from one process-wide :class:`CreationClock`, so it
@@ -47,7 +47,7 @@ import uuid
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from kcl_app.local.destination_format import (
+from tablesync_local.destination_format import (
     MAX_RECORD_BYTES,
     PRECISIONS,
     CreationClock,
@@ -568,9 +568,9 @@ def install() -> None:
         if _installed:
             return
         try:
-            from kcl_app.local import moto_fixes
+            from tablesync_local import moto_fixes
         except ImportError:
-            log.warning("kcl_app.local.moto_fixes not found: hooking unpatched moto")
+            log.warning("tablesync_local.moto_fixes not found: hooking unpatched moto")
         else:
             moto_fixes.install()
         _hook_models()

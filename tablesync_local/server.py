@@ -39,7 +39,7 @@ What the WSGI layer (:class:`EmulatorApp`) adds in front of moto, and why:
 
    ``POST /moto-api/reset`` (moto's own) also forgets the destinations.
 
-Run: ``python -m kcl_app.local.server --port 4566`` (logs to stderr).
+Run: ``python -m tablesync_local.server --port 4566`` (logs to stderr).
 
 Profiling: with ``TABLESYNC_SERVER_PROFILE=/some/prefix`` in its environment the server records cProfile
 statistics of the moto calls (``/some/prefix.app.prof``, all worker threads, serialised by the lock) and of
@@ -63,7 +63,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 from urllib.parse import parse_qs
 
-from kcl_app.local import destination
+from tablesync_local import destination
 
 log = logging.getLogger(__name__)
 
@@ -75,9 +75,9 @@ StartResponse = Callable[..., Any]
 def install_patches() -> None:
     """Apply the moto fixes (if the module exists), then the destination hooks. Idempotent."""
     try:
-        from kcl_app.local import moto_fixes
+        from tablesync_local import moto_fixes
     except ImportError:
-        log.warning("kcl_app.local.moto_fixes not found: serving unpatched moto")
+        log.warning("tablesync_local.moto_fixes not found: serving unpatched moto")
     else:
         moto_fixes.install()
     destination.install()
@@ -239,7 +239,7 @@ def serve_forever(host: str = "127.0.0.1", port: int = 4566) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m kcl_app.local.server", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m tablesync_local.server", description=__doc__.split("\n")[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=4566)
     parser.add_argument("--log-level", default=os.environ.get("TABLESYNC_LOG_LEVEL", "INFO"))

@@ -20,9 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from kcl_app.core.attrs import Item, key_id, project
-from kcl_app.local.stack import poll_until
+from tablesync_local.stack import poll_until
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 LOCAL_PROPERTIES = ROOT / "properties" / "local.properties"
 
 

@@ -250,7 +250,7 @@ def start_subprocess(port: int | None = None, log_path: Path | None = None, read
         out = open(log_path, "ab")  # noqa: SIM115 - handed to the child, closed below
     try:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "kcl_app.local.server", "--host", HOST, "--port", str(port)],
+            [sys.executable, "-m", "tablesync_local.server", "--host", HOST, "--port", str(port)],
             stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=detach,
         )
     finally:

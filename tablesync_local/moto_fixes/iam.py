@@ -7,7 +7,7 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from kcl_app.local.moto_fixes._patch import fix
+from tablesync_local.moto_fixes._patch import fix
 
 # IAM authorises TransactWriteItems/TransactGetItems by the actions of their items, per table; there is no
 # IAM action dynamodb:TransactWriteItems or dynamodb:TransactGetItems.
@@ -50,7 +50,7 @@ def install() -> None:
     from moto.core.exceptions import JsonRESTError
     from moto.iam.access_control import IAMRequest, IAMRequestBase
 
-    log = logging.getLogger("kcl_app.local.iam")
+    log = logging.getLogger("tablesync_local.iam")
 
     # Fix: action names. moto checks "<signing name>:<operation>", so a transaction needed a non-existent
     # dynamodb:TransactWriteItems (and an allowed dynamodb:PutItem did not cover its puts), and CloudWatch

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from kcl_app.local.patching import patch
+from tablesync_local.patching import patch
 
 MARK = "_tablesync_fix"
 
