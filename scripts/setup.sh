@@ -3,7 +3,8 @@
 #   1. checks Python 3.11+ and Java 17+ (clear message if missing)
 #   2. resolves the KCL MultiLangDaemon jars with Maven (cached in ~/.m2)
 #   3. creates .venv and installs tablesync with the tested set of requirements.lock (hashes
-#      checked); amazon-kclpy is built from its sdist (hash checked against the lock) with the
+#      checked), and its local emulator (tablesync-local, a separate distribution kept out of the
+#      product wheel); amazon-kclpy is built from its sdist (hash checked against the lock) with the
 #      jars taken from the local Maven cache
 # A second run only checks and returns.
 set -euo pipefail
@@ -11,7 +12,7 @@ cd "$(dirname "$0")/.."
 ROOT=$PWD
 KCLPY_VERSION=3.1.3
 VENV=${TABLESYNC_VENV:-$ROOT/.venv}
-STAMP=$VENV/.tablesync-setup-$(sha1sum pyproject.toml requirements.lock scripts/setup.sh | sha1sum | cut -c1-12)
+STAMP=$VENV/.tablesync-setup-$(sha1sum pyproject.toml requirements.lock tablesync_local/pyproject.toml scripts/setup.sh | sha1sum | cut -c1-12)
 
 say() { printf 'setup: %s\n' "$*" >&2; }
 die() { printf 'setup: error: %s\n' "$*" >&2; exit 1; }
@@ -59,7 +60,8 @@ say "installing amazon-kclpy $KCLPY_VERSION with the resolved jars"
 say "installing the tested dependency set (requirements.lock, hashes checked) and tablesync"
 "$VENV/bin/python" -m pip install -q --require-hashes --no-deps -r requirements.lock >"$work/pip-lock.log" 2>&1 \
   || { tail -30 "$work/pip-lock.log" >&2; die "requirements.lock did not install (log: $work/pip-lock.log)"; }
-"$VENV/bin/python" -m pip install -q -e ".[dev]" >"$work/pip.log" 2>&1 \
+say "installing tablesync and the local emulator (tablesync-local)"
+"$VENV/bin/python" -m pip install -q -e ".[dev]" -e ./tablesync_local >"$work/pip.log" 2>&1 \
   || { tail -30 "$work/pip.log" >&2; die "pip install failed (log: $work/pip.log)"; }
 n=$(ls "$("$VENV/bin/python" -c 'import amazon_kclpy, os; print(os.path.dirname(amazon_kclpy.__file__))')/jars" | wc -l)
 [ "$n" -gt 50 ] || die "amazon_kclpy has only $n jars; the daemon cannot start"

@@ -41,14 +41,14 @@ hex.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 import threading
 import time
 from collections.abc import Callable, Mapping
-from decimal import Decimal, InvalidOperation
 from typing import Any, Literal
+
+from tablesync_local.items import item_size, value_size
 
 Precision = Literal["MILLISECOND", "MICROSECOND"]
 EventName = Literal["INSERT", "MODIFY", "REMOVE"]
@@ -105,42 +105,8 @@ def event_name(old_image: AttributeMap | None, new_image: AttributeMap | None) -
     return "MODIFY"
 
 
-def _number_size(text: str) -> int:
-    try:
-        digits = "".join(map(str, Decimal(text).as_tuple().digits)).strip("0")
-    except InvalidOperation:
-        return len(text)
-    significant = len(digits) or 1
-    return (significant + 1) // 2 + 1
-
-
-def attribute_value_size(value: Mapping[str, Any]) -> int:
-    """Bytes of one DynamoDB-JSON attribute value under the documented item-size rules."""
-    (kind, payload), = value.items()
-    if kind == "S":
-        return len(str(payload).encode())
-    if kind == "N":
-        return _number_size(str(payload))
-    if kind == "B":
-        return len(base64.b64decode(payload))
-    if kind in ("BOOL", "NULL"):
-        return 1
-    if kind == "SS":
-        return sum(len(str(s).encode()) for s in payload)
-    if kind == "NS":
-        return sum(_number_size(str(n)) for n in payload)
-    if kind == "BS":
-        return sum(len(base64.b64decode(b)) for b in payload)
-    if kind == "L":
-        return 3 + sum(1 + attribute_value_size(v) for v in payload)
-    if kind == "M":
-        return 3 + sum(1 + len(k.encode()) + attribute_value_size(v) for k, v in payload.items())
-    raise ValueError(f"unknown attribute type {kind!r}")
-
-
-def item_size(image: AttributeMap) -> int:
-    """Bytes of an item (names + values), the DynamoDB way."""
-    return sum(len(name.encode()) + attribute_value_size(v) for name, v in image.items())
+# One sizing for the whole emulator (tablesync_local.items): the documented item-size rules.
+attribute_value_size = value_size
 
 
 def canonical_key(keys: AttributeMap) -> str:

@@ -19,8 +19,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kcl_app.core.attrs import Item, key_id, project
+from tablesync_local.items import canonical, key_id, project
 from tablesync_local.stack import poll_until
+
+Item = dict[str, Any]
+"""An item in the wire form boto3's low-level client returns (binary values as bytes)."""
 
 ROOT = Path(__file__).resolve().parents[1]
 LOCAL_PROPERTIES = ROOT / "properties" / "local.properties"
@@ -63,22 +66,6 @@ def scan(client: Any, table: str, key_names: Iterable[str] = ("pk",)) -> dict[st
         kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
 
 
-def _canon(value: Any) -> Any:
-    if isinstance(value, dict):
-        ((kind, inner),) = value.items()
-        if kind in ("SS", "NS"):
-            return {kind: sorted(inner)}
-        if kind == "BS":
-            return {kind: sorted(bytes(b) for b in inner)}
-        if kind == "M":
-            return {kind: {k: _canon(v) for k, v in inner.items()}}
-        if kind == "L":
-            return {kind: [_canon(v) for v in inner]}
-        if kind == "B":
-            return {kind: bytes(inner)}
-    return value
-
-
 def differences(source: Mapping[str, Item], target: Mapping[str, Item], key_names: Iterable[str] = ("pk",),
                 include: Iterable[str] | None = None, exclude: Iterable[str] = ()) -> dict[str, list[str]]:
     """missing / extra / different keys between a source (shaped by the projection) and a target."""
@@ -89,7 +76,7 @@ def differences(source: Mapping[str, Item], target: Mapping[str, Item], key_name
         got = target.get(kid)
         if got is None:
             missing.append(kid)
-        elif {k: _canon(v) for k, v in expected.items()} != {k: _canon(v) for k, v in got.items()}:
+        elif {k: canonical(v) for k, v in expected.items()} != {k: canonical(v) for k, v in got.items()}:
             different.append(kid)
     extra = [kid for kid in target if kid not in source]
     return {"missing": missing, "extra": extra, "different": different}

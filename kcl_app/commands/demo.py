@@ -27,7 +27,6 @@ from kcl_app.adapters.scan import TargetSpec
 from kcl_app.commands import described
 from kcl_app.config import load
 from kcl_app.verify import Verifier
-from tablesync_local.fleet import Fleet, create_source, create_table, differences, lease_owners, read_metrics, scan
 
 SOURCE_REGION = "us-east-1"
 TARGETS: tuple[dict[str, Any], ...] = (
@@ -98,6 +97,8 @@ class Progress:
         self.lag = []
 
     def poll(self) -> None:
+        from tablesync_local.fleet import read_metrics
+
         docs, self.offset = read_metrics(self.path, self.offset)
         for doc in docs:
             target = doc.get("Target")
@@ -119,6 +120,11 @@ class Progress:
 
 
 def run(args: argparse.Namespace) -> int:
+    from kcl_app.commands.local import NOT_INSTALLED, load_emulator
+
+    if load_emulator("demo") is None:
+        return NOT_INSTALLED
+    from tablesync_local.fleet import Fleet, create_source, create_table, differences, lease_owners, scan
     from tablesync_local.stack import running_stack
 
     workdir = Path(tempfile.mkdtemp(prefix="tablesync-demo-"))

@@ -8,21 +8,54 @@ returns once it answers and prints eval-able ``export AWS_...`` lines. It writes
 ``down`` stops it (SIGTERM, then SIGKILL after ``--timeout``) and removes the state file.
 ``info`` prints the state and whether it answers (exit 0 only when it does).
 
-Exit codes: 0 success, 1 refused or failed (message on stderr, one line).
+The emulator is its own distribution, ``tablesync-local``, installed by ``make setup`` and not part of
+the ``tablesync`` wheel; without it this command (and ``demo``) exits 2 and says how to install it.
+
+Exit codes: 0 success, 1 refused or failed (message on stderr, one line), 2 emulator not installed.
 Runnable on its own: ``python -m kcl_app.commands.local up --port 4566``.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
+import importlib.util
 import json
 import os
 import sys
 import time
+from types import ModuleType
 from typing import Any
 
 from kcl_app.commands import described, standalone
-from tablesync_local import stack
+
+DEFAULT_PORT = 4566
+DEFAULT_REGION = "us-east-1"
+NOT_INSTALLED = 2
+"""Exit status of ``local`` and ``demo`` when the emulator distribution is not installed."""
+_EMULATOR_MODULES = ("tablesync_local", "moto", "hypercorn", "h2")
+INSTALL_HINT = ("install it with 'make setup' in a tablesync source checkout, "
+                "or 'pip install ./tablesync_local' from one")
+
+
+def _importable(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):  # ValueError: a module object without a spec
+        return False
+
+
+def load_emulator(command: str, module: str = "tablesync_local.stack") -> ModuleType | None:
+    """The emulator module ``module``, or None after telling the user (stderr) how to install the emulator.
+
+    The emulator is a separate distribution (``tablesync-local``) so that the product's wheel does not
+    carry it; ``local`` and ``demo`` are the only commands that need it."""
+    missing = [name for name in _EMULATOR_MODULES if not _importable(name)]
+    if missing:
+        print(f"tablesync {command}: the local emulator is not installed (missing: {', '.join(missing)}); "
+              f"{INSTALL_HINT}", file=sys.stderr)
+        return None
+    return importlib.import_module(module)
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -32,8 +65,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         **described(__doc__))
     sub = parser.add_subparsers(dest="local_command", required=True)
     up = sub.add_parser("up", help="start the emulator and print export lines")
-    up.add_argument("--port", type=int, default=stack.DEFAULT_PORT)
-    up.add_argument("--region", default=stack.DEFAULT_REGION, help="region for the printed exports")
+    up.add_argument("--port", type=int, default=DEFAULT_PORT)
+    up.add_argument("--region", default=DEFAULT_REGION, help="region for the printed exports")
     up.add_argument("--foreground", action="store_true", help="serve in this process until Ctrl-C")
     up.add_argument("--timeout", type=float, default=20.0, help="seconds to wait for it to answer")
     down = sub.add_parser("down", help="stop the emulator")
@@ -49,7 +82,7 @@ def _fail(message: str) -> int:
     return 1
 
 
-def _running(directory: Any) -> dict[str, Any] | None:
+def _running(stack: ModuleType, directory: Any) -> dict[str, Any] | None:
     """The recorded state if its process is alive; a stale state file is removed."""
     state = stack.read_state(directory)
     if state is None:
@@ -60,14 +93,14 @@ def _running(directory: Any) -> dict[str, Any] | None:
     return state
 
 
-def _exports(endpoint: str, region: str) -> str:
+def _exports(stack: ModuleType, endpoint: str, region: str) -> str:
     env = stack.LocalStack(port=int(endpoint.rsplit(":", 1)[1])).env(region)
     return "\n".join(f"export {k}={v}" for k, v in env.items())
 
 
-def _up(args: argparse.Namespace) -> int:
+def _up(stack: ModuleType, args: argparse.Namespace) -> int:
     directory = stack.state_dir(args.state_dir)
-    state = _running(directory)
+    state = _running(stack, directory)
     if state is not None:
         return _fail(f"already running at {state['endpoint']} (pid {state['pid']}); "
                      "run 'tablesync local down' first")
@@ -75,7 +108,7 @@ def _up(args: argparse.Namespace) -> int:
         return _fail(f"port {args.port} on {stack.HOST} is already in use; choose another with --port")
     log_path = directory / stack.LOG_FILE
     if args.foreground:
-        return _foreground(args, directory)
+        return _foreground(stack, args, directory)
     try:
         running = stack.start_subprocess(args.port, log_path, args.timeout, detach=True)
     except stack.StackError as exc:
@@ -83,11 +116,11 @@ def _up(args: argparse.Namespace) -> int:
     stack.write_state(directory, {"pid": running.pid, "port": running.port, "endpoint": running.endpoint,
                                   "log": str(log_path), "started": time.time()})
     print(f"# tablesync local stack at {running.endpoint} (pid {running.pid}; log {log_path})")
-    print(_exports(running.endpoint, args.region))
+    print(_exports(stack, running.endpoint, args.region))
     return 0
 
 
-def _foreground(args: argparse.Namespace, directory: Any) -> int:
+def _foreground(stack: ModuleType, args: argparse.Namespace, directory: Any) -> int:
     import logging
 
     from tablesync_local import server
@@ -98,16 +131,16 @@ def _foreground(args: argparse.Namespace, directory: Any) -> int:
     stack.write_state(directory, {"pid": os.getpid(), "port": args.port, "endpoint": endpoint,
                                   "log": None, "started": time.time()})
     print(f"# tablesync local stack at {endpoint} (pid {os.getpid()}; foreground, Ctrl-C stops)")
-    print(_exports(endpoint, args.region), flush=True)
+    print(_exports(stack, endpoint, args.region), flush=True)
     try:
         return 1 if server.serve_forever(stack.HOST, args.port) else 0
     finally:
         stack.remove_state(directory)
 
 
-def _down(args: argparse.Namespace) -> int:
+def _down(stack: ModuleType, args: argparse.Namespace) -> int:
     directory = stack.state_dir(args.state_dir)
-    state = _running(directory)
+    state = _running(stack, directory)
     if state is None:
         print("tablesync local: not running")
         return 0
@@ -118,9 +151,9 @@ def _down(args: argparse.Namespace) -> int:
     return 0
 
 
-def _info(args: argparse.Namespace) -> int:
+def _info(stack: ModuleType, args: argparse.Namespace) -> int:
     directory = stack.state_dir(args.state_dir)
-    state = _running(directory)
+    state = _running(stack, directory)
     if state is None:
         print(f"tablesync local: not running (state dir {directory})")
         return 1
@@ -131,8 +164,11 @@ def _info(args: argparse.Namespace) -> int:
 
 def run(args: argparse.Namespace) -> int:
     """Dispatch ``tablesync local <up|down|info>``."""
+    stack = load_emulator("local")
+    if stack is None:
+        return NOT_INSTALLED
     handlers = {"up": _up, "down": _down, "info": _info}
-    return handlers[args.local_command](args)
+    return handlers[args.local_command](stack, args)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,8 +11,8 @@ from __future__ import annotations
 import threading
 
 from tablesync_local import moto_speed
+from tablesync_local.items import MAX_ITEM_BYTES, item_size, value_size
 from tablesync_local.moto_fixes import dynamodb, iam, kinesis
-from tablesync_local.moto_fixes.dynamodb import MAX_ITEM_BYTES, item_size, value_size
 from tablesync_local.moto_fixes.kinesis import select_shards
 
 _INSTALL_LOCK = threading.Lock()

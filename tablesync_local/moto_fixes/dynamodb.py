@@ -12,17 +12,15 @@ transaction is atomic with respect to concurrent requests served by a threaded s
 
 from __future__ import annotations
 
-import base64
 import copy
 import threading
 from collections.abc import Callable, Mapping
-from decimal import Decimal, InvalidOperation
 from typing import Any
 
+from tablesync_local import items
+from tablesync_local.items import MAX_ITEM_BYTES, item_size
 from tablesync_local.moto_fixes._patch import fix
 
-MAX_ITEM_BYTES = 400 * 1024
-"""DynamoDB's item size limit: UTF-8 attribute name lengths plus value sizes."""
 MAX_TRANSACT_ACTIONS = 100
 MAX_BATCH_WRITE_REQUESTS = 25
 
@@ -31,57 +29,28 @@ _checked = threading.local()
 """``sizes`` is true while a transaction applies actions whose item sizes it has already checked."""
 
 
-# --------------------------------------------------------------------------------------------- item size
+# ------------------------------------------------------------------------------------------ item rules
 
 
-def item_size(attrs: Mapping[str, Any]) -> int:
-    """Size of an item as DynamoDB documents it: sum of UTF-8 name lengths and value sizes.
-
-    ``attrs`` maps names to wire values (``{"S": "x"}``) or moto ``DynamoType`` objects.
-    """
-    return sum(len(name.encode()) + value_size(value) for name, value in attrs.items())
+def _table_keys(table: Any) -> tuple[list[str], str | None]:
+    return list(table.table_key_attrs), table.range_key_attr
 
 
-def value_size(value: Any) -> int:
-    """Size of one attribute value: strings by UTF-8 length, binary by raw length, numbers by
-    significant digits (1 byte per 2 digits + 1), BOOL/NULL 1 byte, List/Map 3 bytes + 1 byte per element."""
-    if type(value) is dict or isinstance(value, Mapping):
-        ((kind, raw),) = value.items()
-    else:  # a moto DynamoType
-        kind, raw = value.type, value.value
-    if kind == "S":
-        return len(raw.encode())
-    if kind == "N":
-        return _number_size(raw)
-    if kind == "B":
-        return _binary_size(raw)
-    if kind in ("BOOL", "NULL"):
-        return 1
-    if kind == "SS":
-        return sum(len(s.encode()) for s in raw)
-    if kind == "NS":
-        return sum(_number_size(n) for n in raw)
-    if kind == "BS":
-        return sum(_binary_size(b) for b in raw)
-    if kind == "L":
-        return 3 + sum(1 + value_size(v) for v in raw)
-    if kind == "M":
-        return 3 + sum(1 + len(k.encode()) + value_size(v) for k, v in raw.items())
-    raise ValueError(f"unknown DynamoDB type {kind!r}")
+def _check_values(table: Any, attrs: Mapping[str, Any], envelope: bool = False) -> None:
+    """DynamoDB's value rules (:func:`tablesync_local.items.check_item`) as moto's ValidationException.
 
+    PutItem and UpdateItem put the set-family messages in the request-validation envelope ("1 validation
+    error detected: ..."), as DynamoDB does; BatchWriteItem and transactions report them bare."""
+    from moto.dynamodb.exceptions import MockValidationException
 
-def _number_size(raw: str) -> int:
-    if raw.isascii() and raw.isdigit():  # the common case, without Decimal: an unsigned integer
-        return (len(raw.strip("0") or "0") + 1) // 2 + 1
+    names, range_key = _table_keys(table)
     try:
-        digits = "".join(map(str, Decimal(raw).as_tuple().digits)).strip("0") or "0"
-    except InvalidOperation:
-        return len(raw)
-    return (len(digits) + 1) // 2 + 1
-
-
-def _binary_size(raw: str | bytes) -> int:
-    return len(raw) if isinstance(raw, bytes) else len(base64.b64decode(raw))
+        items.check_item(attrs, names, range_key, size=False)
+    except items.Refused as exc:
+        message = exc.message
+        if envelope and exc.in_envelope:
+            message = f"1 validation error detected: {message}"
+        raise MockValidationException(message) from None
 
 
 def _check_item_size(attrs: Mapping[str, Any]) -> None:
@@ -165,6 +134,7 @@ def install() -> None:
     fix(DynamoDBBackend, "delete_item", make_locked)
     fix(DynamoDBBackend, "transact_write_items", lambda _orig: _transact_write_items)
     fix(DynamoHandler, "batch_write_item", _make_batch_write)
+    fix(DynamoHandler, "put_item", _make_put_handler)
 
 
 def _condition_holds(expression: str | None, names: dict[str, Any] | None, values: dict[str, Any] | None,
@@ -177,10 +147,11 @@ def _condition_holds(expression: str | None, names: dict[str, Any] | None, value
 
 
 def _simulate_update(table: Any, current: Any, hash_key: Any, range_key: Any, expression: str,
-                     names: dict[str, Any] | None, values: dict[str, Any] | None) -> Any:
+                     names: dict[str, Any] | None, values: dict[str, Any] | None, check: bool = True) -> Any:
     """Apply an update expression to a copy of the item (or a new keys-only item) and return the copy.
 
-    Raises moto's ValidationException subclasses exactly where UpdateItem would, plus ItemSizeTooLarge.
+    Raises moto's ValidationException subclasses exactly where UpdateItem would, plus ItemSizeTooLarge, plus
+    DynamoDB's value rules on the resulting item (an update cannot store what a put could not).
     """
     from moto.dynamodb.exceptions import ItemSizeToUpdateTooLarge
     from moto.dynamodb.models.dynamo_type import Item
@@ -203,6 +174,8 @@ def _simulate_update(table: Any, current: Any, hash_key: Any, range_key: Any, ex
     UpdateExpressionExecutor(validated, item, names or {}).execute()
     if item_size(item.attrs) > MAX_ITEM_BYTES:
         raise ItemSizeToUpdateTooLarge()
+    if check:
+        _check_values(table, item.attrs, envelope=True)
     return item
 
 
@@ -293,11 +266,21 @@ class _TxAction:
             if op.get("ReturnValuesOnConditionCheckFailure") == "ALL_OLD" and self.current is not None:
                 old = self.current.to_json()["Attributes"]
             return ("ConditionalCheckFailed", "The conditional request failed", old)
+        # DynamoDB's value rules cancel the transaction with a ValidationError reason for the action (the
+        # size limit stays a request-level ValidationException, checked before the transaction starts)
         if self.kind == "Put":
             _check_item_size(op["Item"])
+            attrs = op["Item"]
         elif self.kind == "Update":
-            _simulate_update(self.table, self.current, self.hash_key, self.range_key,
-                             op["UpdateExpression"], names, values)
+            attrs = _simulate_update(self.table, self.current, self.hash_key, self.range_key,
+                                     op["UpdateExpression"], names, values, check=False).attrs
+        else:
+            return (None, None, None)
+        key_names, range_key = _table_keys(self.table)
+        try:
+            items.check_item(attrs, key_names, range_key, size=False)
+        except items.Refused as exc:
+            return ("ValidationError", exc.message, None)
         return (None, None, None)
 
     def apply(self, backend: Any) -> None:
@@ -336,8 +319,25 @@ def _restore(snapshot: list[tuple[Any, Any, Any, Any]], stream_marks: list[tuple
             del table.stream_shard.items[mark:]
 
 
+# Fix: PutItem refuses what DynamoDB refuses (issue: moto 5.2.5 stored duplicate set members, numbers of
+# more than 38 digits or out of range, documents nested deeper than 32 levels, empty attribute names), with
+# the service's messages; checked before moto's own request checks, whose key messages differ from AWS.
+def _make_put_handler(orig: Callable[..., Any]) -> Callable[..., Any]:
+    def put_item(self: Any) -> Any:
+        item = self.body.get("Item")
+        name = self.body.get("TableName")
+        if isinstance(item, dict) and isinstance(name, str):
+            with _WRITE_LOCK:
+                table = self.dynamodb_backend.get_table(name)
+                _check_values(table, item, envelope=True)
+        return orig(self)
+
+    return put_item
+
+
 # Fix: BatchWriteItem. DynamoDB rejects the whole request (ValidationException, nothing written) with more
-# than 25 requests, with two requests for one key, or with an item over 400 KB. moto accepted any number,
+# than 25 requests, with two requests for one key, with an item over 400 KB, or with a value it refuses. moto
+# accepted any number,
 # detected duplicates only among identical whole puts or deletes, and wrote items one by one until one failed.
 def _make_batch_write(orig: Callable[..., Any]) -> Callable[..., Any]:
     def batch_write_item(self: Any) -> Any:
@@ -362,6 +362,7 @@ def _make_batch_write(orig: Callable[..., Any]) -> Callable[..., Any]:
                         raise MockValidationException("Provided list of item keys contains duplicates")
                     keys.add(key)
                     if put:
+                        _check_values(table, attrs)
                         _check_item_size(attrs)
             return orig(self)
 

@@ -32,7 +32,7 @@ def test_size_bytes_matches_a_record_captured_from_the_real_service() -> None:
 
 @pytest.mark.parametrize(("value", "size"), [
     ({"S": "héllo"}, 6), ({"N": "1"}, 2), ({"N": "12345678901234567890123456789012345678"}, 20),
-    ({"N": "-0.0100"}, 2), ({"N": "0"}, 2), ({"B": "AAE="}, 2), ({"BOOL": True}, 1), ({"NULL": True}, 1),
+    ({"N": "-0.0100"}, 2), ({"N": "0"}, 1), ({"B": "AAE="}, 2), ({"BOOL": True}, 1), ({"NULL": True}, 1),
     ({"SS": ["a", "bc"]}, 3), ({"NS": ["1", "22"]}, 4), ({"BS": ["AA==", "AAE="]}, 3),
     ({"L": []}, 3), ({"M": {}}, 3), ({"L": [{"S": "ab"}]}, 6), ({"M": {"k": {"S": "ab"}}}, 7),
 ])
