@@ -59,12 +59,15 @@ class Refused(ValueError):
     """A value DynamoDB refuses; ``message`` is the service's ValidationException message.
 
     ``in_envelope``: PutItem and UpdateItem report this family (empty and duplicate sets) inside the
-    request-validation envelope, "1 validation error detected: <message>"; other operations bare."""
+    request-validation envelope, "1 validation error detected: <message>"; other operations bare.
+    ``whole_request``: in a transaction this refuses the request (an empty key value) instead of
+    cancelling it with a ValidationError reason for the action."""
 
-    def __init__(self, message: str, in_envelope: bool = False) -> None:
+    def __init__(self, message: str, in_envelope: bool = False, whole_request: bool = False) -> None:
         super().__init__(message)
         self.message = message
         self.in_envelope = in_envelope
+        self.whole_request = whole_request
 
 
 def _parts(value: Any) -> tuple[str, Any]:
@@ -99,8 +102,10 @@ def check_item(attrs: Mapping[str, Any], key_names: Iterable[str] = (), range_ke
         raise Refused(ITEM_TOO_LARGE)
 
 
-def check_key_value(name: str, value: Any, is_range: bool = False) -> None:
-    """A key attribute's value: never empty (string or binary), within 2048 (partition) / 1024 (sort) bytes."""
+def check_key_value(name: str, value: Any, is_range: bool = False, empty_only: bool = False) -> None:
+    """A key attribute's value: never empty (string or binary), within 2048 (partition) / 1024 (sort) bytes.
+
+    ``empty_only``: only the emptiness rule (the one a transaction refuses as a whole)."""
     kind, raw = _parts(value)
     if kind not in ("S", "N", "B"):
         return  # a type mismatch: moto reports it with the service's message
@@ -108,7 +113,9 @@ def check_key_value(name: str, value: Any, is_range: bool = False) -> None:
     if kind in ("S", "B") and size == 0:
         empty = "an empty string value" if kind == "S" else "an empty binary value"
         raise Refused("One or more parameter values are not valid. The AttributeValue for a key attribute "
-                      f"cannot contain {empty}. Key: {name}")
+                      f"cannot contain {empty}. Key: {name}", whole_request=True)
+    if empty_only:
+        return
     if kind == "N":
         _check_number(raw)
     if is_range and size > MAX_RANGE_KEY_BYTES:

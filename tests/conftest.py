@@ -54,11 +54,8 @@ def moto() -> Iterator[None]:
     """In-process moto with tablesync's emulator fixes installed."""
     from moto import mock_aws
 
-    try:
-        from tablesync_local import moto_fixes
+    from tablesync_local import moto_fixes  # the oracle: never fall back to unpatched moto
 
-        moto_fixes.install()
-    except ImportError:
-        pass
+    moto_fixes.install()
     with mock_aws():
         yield

@@ -135,6 +135,7 @@ def install() -> None:
     fix(DynamoDBBackend, "transact_write_items", lambda _orig: _transact_write_items)
     fix(DynamoHandler, "batch_write_item", _make_batch_write)
     fix(DynamoHandler, "put_item", _make_put_handler)
+    fix(DynamoHandler, "transact_write_items", _make_transact_handler)
 
 
 def _condition_holds(expression: str | None, names: dict[str, Any] | None, values: dict[str, Any] | None,
@@ -268,6 +269,8 @@ class _TxAction:
             return ("ConditionalCheckFailed", "The conditional request failed", old)
         # DynamoDB's value rules cancel the transaction with a ValidationError reason for the action (the
         # size limit stays a request-level ValidationException, checked before the transaction starts)
+        from moto.dynamodb.exceptions import MockValidationException
+
         if self.kind == "Put":
             _check_item_size(op["Item"])
             attrs = op["Item"]
@@ -280,6 +283,8 @@ class _TxAction:
         try:
             items.check_item(attrs, key_names, range_key, size=False)
         except items.Refused as exc:
+            if exc.whole_request:
+                raise MockValidationException(exc.message) from None
             return ("ValidationError", exc.message, None)
         return (None, None, None)
 
@@ -333,6 +338,33 @@ def _make_put_handler(orig: Callable[..., Any]) -> Callable[..., Any]:
         return orig(self)
 
     return put_item
+
+
+# Fix: TransactWriteItems refuses the whole request when a key value is empty, in the service's words (moto
+# used its own, older wording); every other value rule cancels the transaction (see _TxAction.check).
+def _make_transact_handler(orig: Callable[..., Any]) -> Callable[..., Any]:
+    def transact_write_items(self: Any) -> Any:
+        from moto.dynamodb.exceptions import MockValidationException
+
+        for action in self.body.get("TransactItems") or []:
+            op = next(iter(action.values()), None) if isinstance(action, dict) and len(action) == 1 else None
+            if not isinstance(op, dict) or not isinstance(op.get("TableName"), str):
+                continue  # malformed: moto refuses it
+            attrs = op.get("Item") if "Put" in action else op.get("Key")
+            if not isinstance(attrs, dict):
+                continue
+            with _WRITE_LOCK:
+                table = self.dynamodb_backend.get_table(op["TableName"])
+            names, range_key = _table_keys(table)
+            for name in names:
+                if name in attrs:
+                    try:
+                        items.check_key_value(name, attrs[name], is_range=name == range_key, empty_only=True)
+                    except items.Refused as exc:
+                        raise MockValidationException(exc.message) from None
+        return orig(self)
+
+    return transact_write_items
 
 
 # Fix: BatchWriteItem. DynamoDB rejects the whole request (ValidationException, nothing written) with more
