@@ -53,8 +53,13 @@ def free_port() -> int:
 
 
 def port_in_use(port: int, host: str = HOST) -> bool:
-    """True when ``host:port`` cannot be bound right now."""
+    """True when the emulator could not listen on ``host:port`` right now: another socket listens there.
+
+    The probe binds as the server does, with SO_REUSEADDR (hypercorn sets it on its listening socket), so
+    connections of a stopped emulator still in TIME_WAIT (up to a minute after ``down``) do not count:
+    ``local up`` can reuse its port at once, while a port another program listens on is still refused."""
     with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host, port))
         except OSError as exc:

@@ -192,6 +192,77 @@ def test_local_up_on_a_port_held_by_another_program(tmp_path: Path) -> None:
     assert stack_mod.read_state(tmp_path) is None
 
 
+def _plain_bind_fails(port: int) -> bool:
+    """True while something (a listener, or a connection in TIME_WAIT) blocks a bind without SO_REUSEADDR."""
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return True
+    return False
+
+
+def _time_wait_on(port: int) -> bool:
+    """A TCP connection whose local port is ``port`` is in TIME_WAIT (Linux /proc/net/tcp, state 06)."""
+    lines = Path("/proc/net/tcp").read_text().splitlines()[1:]
+    return any(f.split()[1].endswith(f":{port:04X}") and f.split()[3] == "06" for f in lines)
+
+
+needs_proc = pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason="reads TCP states from /proc/net/tcp")
+
+
+@needs_proc
+def test_port_probe_ignores_time_wait_but_not_a_listener() -> None:
+    with socket.socket() as server:
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the emulator's listener (hypercorn)
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+        client = socket.create_connection(("127.0.0.1", port))
+        conn, _ = server.accept()
+        conn.close()  # the listening side closes first, so its end of the connection enters TIME_WAIT
+        client.close()
+    poll_until(lambda: _time_wait_on(port), timeout=10, message=f"TIME_WAIT on port {port}")
+    assert _plain_bind_fails(port)  # what the probe saw before binding as the server does
+    assert stack_mod.port_in_use(port) is False
+    with socket.socket() as other:
+        other.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        other.bind(("127.0.0.1", port))
+        other.listen()
+        assert stack_mod.port_in_use(port) is True
+
+
+@needs_proc
+def test_local_up_reuses_its_port_right_after_down(tmp_path: Path) -> None:
+    import http.client
+
+    port, state_dir = free_port(), tmp_path / "state"
+    pids = []
+    try:
+        assert run_local("up", "--port", str(port), state_dir=state_dir).returncode == 0
+        state = stack_mod.read_state(state_dir)
+        assert state is not None
+        pids.append(state["pid"])
+        client = http.client.HTTPConnection("127.0.0.1", port, timeout=10)  # kept alive across down
+        client.request("GET", "/_tablesync/health")
+        assert json.loads(client.getresponse().read())["ok"] is True
+        assert run_local("down", state_dir=state_dir).returncode == 0
+        client.close()
+        poll_until(lambda: _time_wait_on(port), timeout=10, message=f"TIME_WAIT on port {port}")
+
+        again = run_local("up", "--port", str(port), state_dir=state_dir)
+        assert again.returncode == 0, again.stderr
+        state = stack_mod.read_state(state_dir)
+        assert state is not None
+        pids.append(state["pid"])
+        assert stack_mod.health(f"http://127.0.0.1:{port}") == {"ok": True, "pid": state["pid"]}
+        assert run_local("down", state_dir=state_dir).returncode == 0
+    finally:
+        for pid in pids:
+            if pid_alive(pid):
+                stack_mod.stop_process(pid, timeout=5)
+
+
 def test_stack_fixture_starts_fast_and_stops_cleanly() -> None:
     import time
 
