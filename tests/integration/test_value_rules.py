@@ -199,3 +199,20 @@ def test_400_kb_edge_on_a_composite_key(ddb: Any) -> None:
     error = refusal(lambda: put(ddb, {**BASE, "sk": {"S": "t"}, "d": {"S": "x" * (room + 1)}}))
     assert error["Error"]["Message"] == items.ITEM_TOO_LARGE
     assert len(stored(ddb)) == 1
+
+
+def test_the_emulator_process_enforces_the_rules(fresh_stack: Any) -> None:
+    """The rules hold over HTTP in the emulator server too (the stack the demo and the daemon tests use)."""
+    ddb = fresh_stack.client("dynamodb")
+    ddb.create_table(TableName="served", BillingMode="PAY_PER_REQUEST",
+                     KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}],
+                     AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}])
+    refused = {"pk": {"S": "k"}, "a": nested(32)}
+    error = refusal(lambda: ddb.put_item(TableName="served", Item=refused))
+    assert (error["Error"]["Code"], error["Error"]["Message"]) == ("ValidationException", items.TOO_DEEP)
+    error = refusal(lambda: ddb.batch_write_item(RequestItems={"served": [
+        {"PutRequest": {"Item": {"pk": {"S": "b"}, "n": {"N": "1" * 39}}}}]}))
+    assert error["Error"]["Message"] == items.TOO_MANY_DIGITS
+    assert ddb.scan(TableName="served")["Items"] == []
+    ddb.put_item(TableName="served", Item={"pk": {"S": "k"}, "a": nested(31)})
+    assert ddb.scan(TableName="served")["Items"] == [{"pk": {"S": "k"}, "a": nested(31)}]
