@@ -66,6 +66,7 @@ def _check_item_size(attrs: Mapping[str, Any]) -> None:
 def install() -> None:
     from moto.dynamodb.models import DynamoDBBackend
     from moto.dynamodb.models.dynamo_type import LimitedSizeDict
+    from moto.dynamodb.models.table import Table
     from moto.dynamodb.responses import DynamoHandler
 
     # Fix: item size. DynamoDB limits an item to 400 KB counted as name lengths + value sizes (binary by
@@ -79,6 +80,24 @@ def install() -> None:
         return __setitem__
 
     fix(LimitedSizeDict, "__setitem__", make_setitem)
+
+    # Fix: key sizes. DynamoDB limits partition keys to 2048 bytes and sort keys to 1024, binary keys by their
+    # raw length; moto measured some binary keys (those an update creates) by their base64 text, so a valid
+    # 1,537..2,048-byte binary key was refused. Measured here by the emulator's own item rules.
+    def make_key_sizes(_orig: Callable[..., Any]) -> Callable[..., Any]:
+        def _validate_key_sizes(self: Any, item_attrs: dict[str, Any]) -> None:
+            from moto.dynamodb.exceptions import HashKeyTooLong, RangeKeyTooLong
+
+            for names, limit, error in ((self.hash_key_names, items.MAX_HASH_KEY_BYTES, HashKeyTooLong),
+                                        (self.range_key_names, items.MAX_RANGE_KEY_BYTES, RangeKeyTooLong)):
+                for name in names:
+                    value = item_attrs.get(name)
+                    if value and items.value_size(value) > limit:
+                        raise error()
+
+        return _validate_key_sizes
+
+    fix(Table, "_validate_key_sizes", make_key_sizes)
 
     # Fix: PutItem (and BatchWriteItem puts, and transaction puts, which come here) enforce the real limit.
     def make_put(orig: Callable[..., Any]) -> Callable[..., Any]:

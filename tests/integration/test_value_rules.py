@@ -216,3 +216,34 @@ def test_the_emulator_process_enforces_the_rules(fresh_stack: Any) -> None:
     assert ddb.scan(TableName="served")["Items"] == []
     ddb.put_item(TableName="served", Item={"pk": {"S": "k"}, "a": nested(31)})
     assert ddb.scan(TableName="served")["Items"] == [{"pk": {"S": "k"}, "a": nested(31)}]
+
+
+@pytest.mark.parametrize("op", [*OPS, "update"])
+def test_binary_keys_are_measured_in_raw_bytes(moto: None, op: str) -> None:
+    """Binary key limits count raw bytes, not base64 text: 2048 / 1024 raw bytes are valid keys."""
+    ddb = boto3.client("dynamodb", region_name=REGION)
+    ddb.create_table(
+        TableName="b", BillingMode="PAY_PER_REQUEST",
+        KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}, {"AttributeName": "sk", "KeyType": "RANGE"}],
+        AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "B"},
+                              {"AttributeName": "sk", "AttributeType": "B"}],
+    )
+
+    def write(item: dict[str, Any]) -> Any:
+        if op == "put":
+            return ddb.put_item(TableName="b", Item=item)
+        if op == "batch":
+            return ddb.batch_write_item(RequestItems={"b": [{"PutRequest": {"Item": item}}]})
+        if op == "transact":
+            return ddb.transact_write_items(TransactItems=[{"Put": {"TableName": "b", "Item": item}}])
+        return ddb.update_item(TableName="b", Key=item, UpdateExpression="SET a = :v",
+                               ExpressionAttributeValues={":v": {"N": "1"}})
+
+    for pk, sk, message in [(2049, 1, items.HASH_KEY_TOO_LONG), (1, 1025, items.RANGE_KEY_TOO_LONG)]:
+        error = refusal(lambda pk=pk, sk=sk: write({"pk": {"B": b"\x01" * pk}, "sk": {"B": b"\x02" * sk}}))
+        reasons = error.get("CancellationReasons")
+        assert (reasons[0]["Message"] if reasons else error["Error"]["Message"]) == message
+    assert ddb.scan(TableName="b")["Items"] == []
+    write({"pk": {"B": b"\x01" * 2048}, "sk": {"B": b"\x02" * 1024}})
+    (item,) = ddb.scan(TableName="b")["Items"]
+    assert (len(item["pk"]["B"]), len(item["sk"]["B"])) == (2048, 1024)
