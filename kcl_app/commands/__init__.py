@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.metadata
+import importlib.util
 import logging
 import os
 import re
@@ -125,3 +126,32 @@ def standalone(name: str, argv: Sequence[str] | None = None) -> int:
     """`python -m kcl_app.commands.<name> ARGS`: the same as `tablesync <name> ARGS`."""
     rest = sys.argv[1:] if argv is None else list(argv)
     return dispatch(build_parser([name]), [name, *rest])
+
+
+# ------------------------------------------------------------------ the local emulator (local, demo)
+
+NOT_INSTALLED = 2
+"""Exit status of ``local`` and ``demo`` when the emulator distribution is not installed."""
+_EMULATOR_MODULES = ("tablesync_local", "moto", "hypercorn", "h2")
+INSTALL_HINT = ("install it with 'make setup' in a tablesync source checkout, "
+                "or 'pip install ./tablesync_local' from one")
+
+
+def _importable(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):  # ValueError: a module object without a spec
+        return False
+
+
+def load_emulator(command: str, module: str = "tablesync_local.stack") -> ModuleType | None:
+    """The emulator module ``module``, or None after telling the user (stderr) how to install the emulator.
+
+    The emulator is a separate distribution (``tablesync-local``) so that the product's wheel does not
+    carry it; ``local`` and ``demo`` are the only commands that need it."""
+    missing = [name for name in _EMULATOR_MODULES if not _importable(name)]
+    if missing:
+        print(f"tablesync {command}: the local emulator is not installed (missing: {', '.join(missing)}); "
+              f"{INSTALL_HINT}", file=sys.stderr)
+        return None
+    return importlib.import_module(module)

@@ -24,7 +24,7 @@ from typing import Any
 
 from kcl_app.adapters.clock import SystemClock
 from kcl_app.adapters.scan import TargetSpec
-from kcl_app.commands import described
+from kcl_app.commands import NOT_INSTALLED, described, load_emulator
 from kcl_app.config import load
 from kcl_app.verify import Verifier
 
@@ -120,8 +120,6 @@ class Progress:
 
 
 def run(args: argparse.Namespace) -> int:
-    from kcl_app.commands.local import NOT_INSTALLED, load_emulator
-
     if load_emulator("demo") is None:
         return NOT_INSTALLED
     from tablesync_local.fleet import Fleet, create_source, create_table, differences, lease_owners, scan

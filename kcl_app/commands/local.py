@@ -18,8 +18,6 @@ Runnable on its own: ``python -m kcl_app.commands.local up --port 4566``.
 from __future__ import annotations
 
 import argparse
-import importlib
-import importlib.util
 import json
 import os
 import sys
@@ -27,35 +25,10 @@ import time
 from types import ModuleType
 from typing import Any
 
-from kcl_app.commands import described, standalone
+from kcl_app.commands import NOT_INSTALLED, described, load_emulator, standalone
 
 DEFAULT_PORT = 4566
 DEFAULT_REGION = "us-east-1"
-NOT_INSTALLED = 2
-"""Exit status of ``local`` and ``demo`` when the emulator distribution is not installed."""
-_EMULATOR_MODULES = ("tablesync_local", "moto", "hypercorn", "h2")
-INSTALL_HINT = ("install it with 'make setup' in a tablesync source checkout, "
-                "or 'pip install ./tablesync_local' from one")
-
-
-def _importable(name: str) -> bool:
-    try:
-        return importlib.util.find_spec(name) is not None
-    except (ImportError, ValueError):  # ValueError: a module object without a spec
-        return False
-
-
-def load_emulator(command: str, module: str = "tablesync_local.stack") -> ModuleType | None:
-    """The emulator module ``module``, or None after telling the user (stderr) how to install the emulator.
-
-    The emulator is a separate distribution (``tablesync-local``) so that the product's wheel does not
-    carry it; ``local`` and ``demo`` are the only commands that need it."""
-    missing = [name for name in _EMULATOR_MODULES if not _importable(name)]
-    if missing:
-        print(f"tablesync {command}: the local emulator is not installed (missing: {', '.join(missing)}); "
-              f"{INSTALL_HINT}", file=sys.stderr)
-        return None
-    return importlib.import_module(module)
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -84,7 +57,7 @@ def _fail(message: str) -> int:
 
 def _running(stack: ModuleType, directory: Any) -> dict[str, Any] | None:
     """The recorded state if its process is alive; a stale state file is removed."""
-    state = stack.read_state(directory)
+    state: dict[str, Any] | None = stack.read_state(directory)
     if state is None:
         return None
     if not stack.pid_alive(int(state.get("pid", 0)) or -1):
