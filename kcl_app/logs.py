@@ -51,3 +51,30 @@ def add_static(**static: Any) -> None:
     for handler in logging.getLogger().handlers:
         if isinstance(handler.formatter, JsonFormatter):
             handler.formatter.static.update(static)
+
+
+class LogLineWriter:
+    """A text stream that turns what is written to it into log records, one per line.
+
+    For code that writes free text to a file it was given (kclpy's ``KCLProcess`` writes its
+    errors and tracebacks to ``error_file``): passed instead of ``sys.stderr``, those lines
+    come out as JSON log lines like every other, instead of raw text in the daemon's log.
+    """
+
+    def __init__(self, logger: logging.Logger, level: int = logging.ERROR) -> None:
+        self.logger = logger
+        self.level = level
+        self._pending = ""
+
+    def write(self, text: str) -> int:
+        self._pending += text
+        *lines, self._pending = self._pending.split("\n")
+        for line in lines:
+            if line.strip():
+                self.logger.log(self.level, "%s", line.rstrip())
+        return len(text)
+
+    def flush(self) -> None:
+        if self._pending.strip():
+            self.logger.log(self.level, "%s", self._pending.rstrip())
+        self._pending = ""
