@@ -41,7 +41,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from kcl_app import daemon, supervisor
+from kcl_app import daemon, logs, supervisor
 from kcl_app.commands import UsageError, described, standalone
 
 log = logging.getLogger(__name__)
@@ -149,6 +149,8 @@ def daemon_environment(args: argparse.Namespace, environ: dict[str, str]) -> dic
 def run(args: argparse.Namespace) -> int:
     """Run the daemon in the foreground until it exits or we are asked to stop (see module doc)."""
     environ = dict(os.environ)
+    # A worker's log is read by machines: JSON lines, the format of the daemon's and processors'.
+    logs.setup(logging.getLevelName(logging.getLogger().getEffectiveLevel()), json_lines=True)
     try:
         rendered = build_properties(args, environ)
     except UsageError as exc:
