@@ -18,7 +18,7 @@ import json
 import sys
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import IO
 
 UNITS = {"LagMs": "Milliseconds"}
@@ -29,8 +29,10 @@ class EmfMetrics:
     """Writes EMF documents to a text stream (stderr by default: stdout is the KCL's)."""
 
     def __init__(self, stream: IO[str] | None = None, namespace: str = "tablesync",
-                 extra_dimensions: Mapping[str, str] | None = None) -> None:
+                 extra_dimensions: Mapping[str, str] | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
         self.stream = stream if stream is not None else sys.stderr
+        self.clock = clock  # epoch seconds, for the documents' Timestamp
         self.namespace = namespace
         self.extra = dict(extra_dimensions or {})
         self._lock = threading.Lock()
@@ -57,7 +59,7 @@ class EmfMetrics:
             if not metrics:
                 continue
             doc["_aws"] = {
-                "Timestamp": int(time.time() * 1000),
+                "Timestamp": int(self.clock() * 1000),
                 "CloudWatchMetrics": [
                     {"Namespace": self.namespace, "Dimensions": [sorted(dims)], "Metrics": metrics}
                 ],
