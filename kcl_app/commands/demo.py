@@ -6,8 +6,8 @@
 4. start two KCL workers (`tablesync run`: the real MultiLangDaemon + our record processor)
 5. write a mixed workload (puts, updates, deletes; binary, sets, maps, 38-digit numbers) at a
    steady rate, showing every second: writes, applied per target, lag p50/p99 over the last
-   10 s (a rolling window: a lease hand-off's pause shows while it lasts), how far the record
-   processors are behind the stream (MillisBehindLatest), and how many workers hold leases
+   10 s (a rolling window: a lease hand-off's pause shows while it lasts), how many changes each
+   target is behind, and how many workers hold leases
 6. wait until the targets are level, then `tablesync verify`'s check of every target; one verdict
 7. stop the workers and the stack; exit 1 if any target diverges
 """
@@ -70,11 +70,13 @@ def _item(rng: random.Random, key: str, n: int) -> dict[str, Any]:
 
 
 def _write_workload(ddb: Any, table: str, rng: random.Random, keys: int, n: int) -> str:
+    """One write; returns its kind. "delete-absent": a delete of a missing item, which DynamoDB
+    does not put on the stream (every other kind here changes the item, so it is a change)."""
     key = f"order-{rng.randrange(keys):05d}"
     roll = rng.random()
     if roll < 0.15:
-        ddb.delete_item(TableName=table, Key={"pk": {"S": key}})
-        return "delete"
+        old = ddb.delete_item(TableName=table, Key={"pk": {"S": key}}, ReturnValues="ALL_OLD")
+        return "delete" if old.get("Attributes") else "delete-absent"
     if roll < 0.45:
         ddb.update_item(
             TableName=table, Key={"pk": {"S": key}},
@@ -98,8 +100,9 @@ class Progress:
     Lag percentiles are over a rolling window (the samples emitted in the last ``window``
     seconds), so a pause -- a lease hand-off stops a shard for seconds -- shows while it lasts
     and then leaves the figures, instead of staying in a cumulative p99 for the rest of the run.
-    ``behind`` is the KCL's MillisBehindLatest of each shard's last batch: how far the record
-    processors are from the tip of the stream. The whole-run figures are kept for the summary.
+    ``behind`` per target: changes put on the stream that the target has not yet settled
+    (applied, skipped as stale or duplicate, coalesced or parked). The whole-run lag figures are
+    kept for the summary.
     """
 
     def __init__(self, path: Path, targets: list[str], window: float = 10.0) -> None:
@@ -108,30 +111,29 @@ class Progress:
         self.offset = 0
         self.applied = dict.fromkeys(targets, 0)
         self.parked = dict.fromkeys(targets, 0)
+        self.settled = dict.fromkeys(targets, 0)
         self.recent: deque[tuple[float, float]] = deque()  # (emitted at, epoch seconds; lag ms)
         self.lag: list[float] = []  # the whole run
-        self.behind: dict[str, float] = {}
 
     def reset(self) -> None:
         self.applied = dict.fromkeys(self.applied, 0)
         self.parked = dict.fromkeys(self.parked, 0)
         self.recent.clear()
+        self.settled = dict.fromkeys(self.settled, 0)
         self.lag = []
-        self.behind = {}
 
     def poll(self, now: float | None = None) -> None:
         docs, self.offset = read_metrics(self.path, self.offset)
         for doc in docs:
             at = float(doc.get("_aws", {}).get("Timestamp", 0)) / 1000
-            target, shard = doc.get("Target"), doc.get("Shard")
+            target = doc.get("Target")
             if target in self.applied:
                 self.applied[target] += int(doc.get("Applied", 0))
                 self.parked[target] += int(doc.get("Parked", 0))
+                self.settled[target] += sum(int(doc.get(name, 0)) for name in _SETTLED)
                 values = [float(v) for v in doc.get("LagMs", [])]
                 self.lag += values
                 self.recent.extend((at, v) for v in values)
-            elif shard and doc.get("MillisBehindLatest"):
-                self.behind[shard] = float(doc["MillisBehindLatest"][-1])
         cutoff = (time.time() if now is None else now) - self.window
         while self.recent and self.recent[0][0] < cutoff:
             self.recent.popleft()
@@ -152,16 +154,23 @@ class Progress:
     def run_percentiles(self) -> tuple[float, float] | None:
         return self._percentiles(self.lag)
 
-    def line(self, writes: int, holders: int | None = None, workers: int | None = None) -> str:
+    def line(self, writes: int, changes: int | None = None, holders: int | None = None,
+             workers: int | None = None) -> str:
+        """The progress line; ``changes``: how many of the ``writes`` reached the stream."""
         applied = "  ".join(f"{t}={n}" for t, n in self.applied.items())
         recent = self.percentiles()
         lag = (f"lag (last {self.window:.0f} s) p50={recent[0]:.0f} ms p99={recent[1]:.0f} ms" if recent
                else f"lag (last {self.window:.0f} s) -")
-        behind = f"behind={max(self.behind.values()):.0f} ms" if self.behind else "behind=-"
-        text = f"writes={writes}  applied: {applied}  {lag}  {behind}"
+        text = f"writes={writes}  applied: {applied}  {lag}"
+        if changes is not None:
+            text += "  behind: " + "  ".join(f"{t}={max(0, changes - n)}" for t, n in self.settled.items())
         if holders is not None and workers is not None:
             text += f"  leases held by {holders} of {plural(workers, 'worker')}"
         return text
+
+
+#: Per-target counters that together account for every change of the target's source table.
+_SETTLED = ("Applied", "StaleSkipped", "Duplicates", "Coalesced", "Parked")
 
 
 def _holders(ddb: Any, app: str) -> int:
@@ -247,7 +256,7 @@ def run(args: argparse.Namespace) -> int:
             interval = 1.0 / args.rate
             start = time.monotonic()
             next_write, next_report, writes = start, start + 1.0, 0
-            counts = {"put": 0, "update": 0, "delete": 0}
+            counts = {"put": 0, "update": 0, "delete": 0, "delete-absent": 0}
             while time.monotonic() - start < args.seconds:
                 now = time.monotonic()
                 if now >= next_write:
@@ -256,11 +265,13 @@ def run(args: argparse.Namespace) -> int:
                     next_write += interval
                 if now >= next_report:
                     progress.poll()
-                    _say("demo: " + progress.line(writes, _holders(source, "demo-app"), args.workers))
+                    _say("demo: " + progress.line(writes, writes - counts["delete-absent"],
+                                                  _holders(source, "demo-app"), args.workers))
                     next_report += 1.0
                 time.sleep(max(0.0, min(next_write, next_report) - time.monotonic()))
             _say(f"demo: wrote {plural(writes, 'change')} ({plural(counts['put'], 'put')}, "
-                 f"{plural(counts['update'], 'update')}, {plural(counts['delete'], 'delete')}); "
+                 f"{plural(counts['update'], 'update')}, {plural(counts['delete'] + counts['delete-absent'], 'delete')}"
+                 f", {counts['delete-absent']} of them of absent items: not a change); "
                  f"waiting for the targets to level")
             # 6 wait until every target equals the source (projection applied), then verify
             source_items = scan(source, "demo-orders")
@@ -279,7 +290,8 @@ def run(args: argparse.Namespace) -> int:
             while diff and time.monotonic() < settle:
                 time.sleep(1.0)
                 progress.poll()
-                _say("demo: " + progress.line(writes, _holders(source, "demo-app"), args.workers))
+                _say("demo: " + progress.line(writes, writes - counts["delete-absent"],
+                                              _holders(source, "demo-app"), args.workers))
                 diff = diverging()
             progress.poll()
             p50, p99 = progress.run_percentiles() or (float("nan"), float("nan"))

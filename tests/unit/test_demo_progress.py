@@ -41,19 +41,19 @@ def test_lag_percentiles_cover_the_last_window_only(tmp_path: Path) -> None:
     assert "lag (last 10 s) -" in progress.line(5)
 
 
-def test_behind_is_the_slowest_shard_last_reported(tmp_path: Path) -> None:
+def test_behind_counts_the_changes_a_target_has_not_settled(tmp_path: Path) -> None:
     path = tmp_path / "metrics.jsonl"
     emf = Clocked(path)
-    progress = Progress(path, ["dr"])
-    assert "behind=-" in progress.line(0)
-    emf.at = 5.0
-    emf.emit({"Shard": "shardId-0"}, {"Records": 3}, {"MillisBehindLatest": [900.0]})
-    emf.emit({"Shard": "shardId-1"}, {"Records": 3}, {"MillisBehindLatest": [300.0]})
-    emf.emit({"Shard": "shardId-0"}, {"Records": 3}, {"MillisBehindLatest": [120.0]})
-    progress.poll(now=6.0)
-    line = progress.line(9, holders=1, workers=2)
-    assert "behind=300 ms" in line and "leases held by 1 of 2 workers" in line
+    progress = Progress(path, ["dr", "lite"])
+    emf.emit({"Target": "dr"}, {"Applied": 5, "StaleSkipped": 1, "Duplicates": 1, "Coalesced": 2, "Parked": 1,
+                                "Retries": 4}, {"LagMs": [1.0] * 5})
+    emf.emit({"Target": "lite"}, {"Applied": 3})
+    emf.emit({"Shard": "shardId-0"}, {"Records": 10}, {"MillisBehindLatest": [900.0]})
+    progress.poll(now=1.0)
+    line = progress.line(12, changes=11, holders=1, workers=2)
+    assert "behind: dr=1  lite=8" in line and "leases held by 1 of 2 workers" in line
     assert "of 1 worker" in progress.line(9, holders=1, workers=1)
+    assert "behind" not in progress.line(9)
 
 
 def test_plural() -> None:
