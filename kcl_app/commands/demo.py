@@ -308,7 +308,7 @@ def run(args: argparse.Namespace) -> int:
                 args.keep = True
             else:
                 print(f"OK: {len(targets)} targets equal the source, verified item by item "
-                      f"({plural(len(source_items), 'item')} after {plural(writes, 'change')}; lag over the run "
+                      f"({plural(len(source_items), 'item')} after {plural(writes, 'write')}; lag over the run "
                       f"p50 {p50:.0f} ms, p99 {p99:.0f} ms; {parked} parked)")
                 verdict = 0
             # 7 tear down

@@ -44,7 +44,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from kcl_app import daemon, logs, supervisor
+from kcl_app import daemon, supervisor
 from kcl_app.commands import UsageError, described, standalone
 
 log = logging.getLogger(__name__)
@@ -72,6 +72,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                         help="with --lifecycle-hook: leave this group gracefully when it terminates us")
     parser.add_argument("--lifecycle-hook", metavar="NAME",
                         help="termination lifecycle hook completed after the graceful stop")
+    # A worker's log is read by machines: JSON lines, the format of the daemon's and processors'
+    # (this default overrides the global --log-json, so `tablesync run` always logs JSON).
+    parser.set_defaults(log_json=True)
     return parser
 
 
@@ -152,8 +155,6 @@ def daemon_environment(args: argparse.Namespace, environ: dict[str, str]) -> dic
 def run(args: argparse.Namespace) -> int:
     """Run the daemon in the foreground until it exits or we are asked to stop (see module doc)."""
     environ = dict(os.environ)
-    # A worker's log is read by machines: JSON lines, the format of the daemon's and processors'.
-    logs.setup(logging.getLevelName(logging.getLogger().getEffectiveLevel()), json_lines=True)
     try:
         rendered = build_properties(args, environ)
     except UsageError as exc:
