@@ -16,6 +16,7 @@ through it, the record processors) and the stderr of `tablesync run` itself:
 from __future__ import annotations
 
 import json
+import math
 import signal
 import uuid
 from pathlib import Path
@@ -35,6 +36,9 @@ IDLE_RENEWALS = 16
 RENEWALS_PER_MINUTE = 45
 #: "A few lines per minute".
 IDLE_LINES_PER_MINUTE = 6
+#: Lines that come together, once a minute, and may all fall in a short window (the KCL
+#: scheduler's "Current stream shard assignments" + "Sleeping ...").
+IDLE_BURST = 3
 
 
 def _lines(*paths: Path) -> list[str]:
@@ -88,7 +92,7 @@ def test_one_json_format_each_line_once_quiet_when_idle(local_stack: Any, tmp_pa
         idle = _lines(daemon_log, run_stderr)[start_lines:]
         renewals = _renewals(ddb, app) - start_renewals
         minutes = renewals / SHARDS / RENEWALS_PER_MINUTE
-        allowed = max(1, round(IDLE_LINES_PER_MINUTE * minutes))
+        allowed = math.ceil(IDLE_LINES_PER_MINUTE * minutes) + IDLE_BURST
         assert len(idle) <= allowed, (f"{len(idle)} lines over {renewals} lease renewals (~{minutes:.2f} min), "
                                       f"allowed {allowed}:\n" + "\n".join(idle))
 
