@@ -15,8 +15,8 @@ Three parts, each usable on its own:
    and gives up after ``shutdownGraceMillis``), and reports how it ended;
    :func:`run_foreground` does that for a command-line process.
 
-The daemon's own log (logback, INFO, to its stdout) goes to a log file or to our stderr -- never
-to our stdout. Record processor children inherit the environment given to :class:`Daemon`
+The daemon's own log (logback, configured by :data:`LOGBACK_XML`: JSON lines) goes to a log file
+or to our stderr -- never to our stdout. Record processor children inherit the environment given to :class:`Daemon`
 (AWS credentials, region, and anything the processor reads).
 """
 
@@ -42,6 +42,9 @@ from typing import IO
 log = logging.getLogger(__name__)
 
 MAIN_CLASS = "software.amazon.kinesis.multilang.MultiLangDaemon"
+#: The daemon's logging: JSON lines in the processor's format, each processor line once at its own
+#: level, quiet when idle (see the file's comments). Shipped as package data.
+LOGBACK_XML = Path(__file__).resolve().parent / "logback.xml"
 
 #: Keys read by KCL 3.1.3's multi-lang daemon: ``MultiLangDaemonConfig`` (executableName,
 #: processingLanguage, maxActiveThreads), ``MultiLangDaemonConfiguration`` and the beans it
@@ -264,11 +267,16 @@ def java_command(
     cbor: bool = True,
     jvm_args: tuple[str, ...] = (),
     log_configuration: Path | None = None,
+    logback: Path | None = LOGBACK_XML,
 ) -> list[str]:
     """argv for the daemon. ``cbor=False`` adds ``-Daws.cborEnabled=false`` (needed with moto,
-    which cannot parse the CBOR the Kinesis client sends by default)."""
+    which cannot parse the CBOR the Kinesis client sends by default). ``logback`` (default: the
+    packaged :data:`LOGBACK_XML`; ``None`` for the KCL's own text format) is passed as
+    ``-Dlogback.configurationFile``, which applies from the daemon's first line on."""
     java_bin = java or shutil.which("java") or "java"
     argv = [java_bin, *jvm_args]
+    if logback is not None:
+        argv.append(f"-Dlogback.configurationFile={logback}")
     if not cbor:
         argv.append("-Daws.cborEnabled=false")
     argv += ["-cp", str((jars or jars_dir()) / "*"), MAIN_CLASS, "--properties-file", str(properties_file)]

@@ -32,9 +32,25 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(doc, default=str)
 
 
+class StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """A StreamHandler on whatever ``sys.stderr`` is when a record is written, not when the
+    handler was made (a replaced or closed stderr -- a test's capture -- is never written to)."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:
+        pass
+
+
 def setup(level: str = "INFO", json_lines: bool = True, **static: Any) -> None:
     """Route every log record to stderr, as JSON lines (workers) or plain text (interactive commands)."""
-    handler = logging.StreamHandler(sys.stderr)
+    handler = StderrHandler()
     if json_lines:
         handler.setFormatter(JsonFormatter(static))
     else:
@@ -51,3 +67,30 @@ def add_static(**static: Any) -> None:
     for handler in logging.getLogger().handlers:
         if isinstance(handler.formatter, JsonFormatter):
             handler.formatter.static.update(static)
+
+
+class LogLineWriter:
+    """A text stream that turns what is written to it into log records, one per line.
+
+    For code that writes free text to a file it was given (kclpy's ``KCLProcess`` writes its
+    errors and tracebacks to ``error_file``): passed instead of ``sys.stderr``, those lines
+    come out as JSON log lines like every other, instead of raw text in the daemon's log.
+    """
+
+    def __init__(self, logger: logging.Logger, level: int = logging.ERROR) -> None:
+        self.logger = logger
+        self.level = level
+        self._pending = ""
+
+    def write(self, text: str) -> int:
+        self._pending += text
+        *lines, self._pending = self._pending.split("\n")
+        for line in lines:
+            if line.strip():
+                self.logger.log(self.level, "%s", line.rstrip())
+        return len(text)
+
+    def flush(self) -> None:
+        if self._pending.strip():
+            self.logger.log(self.level, "%s", self._pending.rstrip())
+        self._pending = ""

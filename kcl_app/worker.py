@@ -55,7 +55,10 @@ def main(argv: list[str] | None = None) -> int:
     def factory() -> Pipeline:  # built on initialize, so a worker that never gets a lease touches nothing
         return build_engine(cfg, clock=clock, metrics=metrics).pipeline
 
-    kcl.KCLProcess(ReplicationProcessor(factory, clock, metrics)).run()
+    # kclpy writes its own errors (an exception from a processor method, with its traceback) as
+    # free text to error_file: route them through logging so the daemon's log stays JSON.
+    errors = logs.LogLineWriter(logging.getLogger("amazon_kclpy"))
+    kcl.KCLProcess(ReplicationProcessor(factory, clock, metrics), error_file=errors).run()
     return 0
 
 

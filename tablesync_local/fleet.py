@@ -87,7 +87,7 @@ def wait_for(predicate: Callable[[], Any], timeout: float, interval: float = 0.2
     return poll_until(predicate, timeout=timeout, interval=interval, message=what)
 
 
-_WORKER_ID = re.compile(r"New leases assigned to worker : ([^,\s]+)")
+_WORKER_ID = re.compile(r"(?:Using workerId: |New leases assigned to worker : )([^,\s\"]+)")
 
 
 @dataclass
@@ -100,7 +100,7 @@ class Worker:
         return self.proc.poll() is None
 
     def kcl_id(self) -> str | None:
-        """The KCL worker id, from the daemon's "New leases assigned to worker : <id>" log line."""
+        """The KCL worker id, from the daemon's "Using workerId: <id>" log line (at start)."""
         if not self.log_path.exists():
             return None
         with open(self.log_path, encoding="utf-8", errors="replace") as fh:

@@ -121,7 +121,9 @@ class ReplicationProcessor(RecordProcessorBase):
 
     def lease_lost(self, lease_lost_input: Any) -> None:
         self.lease_held = False
-        log.warning("lease lost: stopping without checkpoint")
+        # Routine: leases move between workers (rebalancing, a worker stopping); the new owner
+        # resumes from the last checkpoint.
+        log.info("lease lost: stopping without checkpoint")
 
     def shard_ended(self, shard_ended_input: Any) -> None:
         log.info("shard ended: checkpointing SHARD_END")
@@ -136,9 +138,9 @@ class ReplicationProcessor(RecordProcessorBase):
         # names the largest record delivered, which is none: the lease's current position.
         log.info("shutdown requested: checkpointing %s", self.last_settled or "the current position")
         if self.last_settled is None:
-            self._checkpoint(shutdown_requested_input.checkpointer, None, None)
+            self._checkpoint(shutdown_requested_input.checkpointer, None, None, stopping=True)
         else:
-            self._checkpoint(shutdown_requested_input.checkpointer, *self.last_settled)
+            self._checkpoint(shutdown_requested_input.checkpointer, *self.last_settled, stopping=True)
 
     # -- helpers ----------------------------------------------------------------------------------
     def _raw(self, record: Any) -> RawRecord:
@@ -163,7 +165,11 @@ class ReplicationProcessor(RecordProcessorBase):
             arrival_millis=arrival if type(arrival) is int and 0 <= arrival < 1 << 63 else None,
         )
 
-    def _checkpoint(self, checkpointer: Any, sequence: str | None, sub: int | None) -> bool:
+    def _checkpoint(self, checkpointer: Any, sequence: str | None, sub: int | None, *,
+                    stopping: bool = False) -> bool:
+        """Checkpoint with retries. ``stopping``: the daemon is shutting this shard down (a normal
+        stop or a hand-off); a refusal then is routine -- the daemon may already be releasing the
+        lease -- and is logged at INFO: the next owner resumes from the last checkpoint taken."""
         for attempt in range(self.checkpoint_attempts):
             try:
                 checkpointer.checkpoint(sequence, sub)
@@ -172,10 +178,14 @@ class ReplicationProcessor(RecordProcessorBase):
                 kind = CheckpointFailure.of(err)
                 if kind is CheckpointFailure.LEASE_GONE:
                     self.lease_held = False
-                    log.warning("checkpoint refused, lease gone (%s)", err.value)
+                    log.info("checkpoint at %s refused, lease gone (%s)", sequence, err.value)
                     return False
                 if kind is CheckpointFailure.BUG:
-                    log.error("checkpoint at %s refused with %s: a bug, not retried", sequence, err.value)
+                    if stopping:
+                        log.info("checkpoint at %s refused while stopping (%s); the next owner resumes "
+                                 "from the last checkpoint", sequence, err.value)
+                    else:
+                        log.error("checkpoint at %s refused with %s: a bug, not retried", sequence, err.value)
                     return False
                 log.info("checkpoint throttled (%s), attempt %d", err.value, attempt + 1)
                 self.clock.sleep(self.backoff.delay(attempt))

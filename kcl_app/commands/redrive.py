@@ -16,7 +16,8 @@ undecodable ones, after a fix. Records still unmapped or undecodable are parked 
 either store older than the tombstone TTL is left in the store (`left_too_old`): settle its table
 with `verify --repair` or a backfill instead.
 
-Progress (counts so far) goes to stderr every 5 s, the report to stdout.
+Progress (counts so far) goes to stderr every 5 s, the report to stdout. Metrics (EMF) are
+appended to TABLESYNC_METRICS_FILE when it is set, like the workers'; otherwise none are written.
 
 Exit codes: 0 nothing left in the store; 1 some entries still fail (or were left as too old);
 2 could not run.
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable
 from dataclasses import asdict
@@ -34,6 +36,7 @@ from typing import Any
 from botocore.exceptions import BotoCoreError, ClientError
 
 from kcl_app.adapters.clock import SystemClock
+from kcl_app.adapters.metrics import for_command as metrics_for_command
 from kcl_app.commands import described, standalone
 from kcl_app.compose import build_engine, source_dynamodb, target_specs
 from kcl_app.config import Config, load
@@ -90,8 +93,10 @@ def run(args: argparse.Namespace) -> int:
         config = load(args.config)
         if not stream_wide:
             config.target(args.target)  # an unknown name is refused before anything is built
+        # EMF goes where metrics go (TABLESYNC_METRICS_FILE), never to stderr: that is for people.
+        metrics = metrics_for_command(config.metrics_namespace, os.environ)
         # stream-wide: what is still unmapped is parked again, so it stays in the store
-        engine = build_engine(config, clock=clock, unmapped="park" if stream_wide else None)
+        engine = build_engine(config, clock=clock, metrics=metrics, unmapped="park" if stream_wide else None)
         if stream_wide:
             reread = Reread(None, clock, config.tombstone_ttl_seconds, config.precision)
         else:

@@ -20,6 +20,9 @@ the template sets one, so the figures know which leases are this worker's.
 
 ``--endpoint`` points Kinesis, DynamoDB and CloudWatch at an emulator (switching the Kinesis
 client to JSON: moto cannot read CBOR) and supplies dummy credentials when none are set.
+The daemon logs JSON lines through the packaged ``kcl_app/logback.xml``; the environment variable
+TABLESYNC_LOGBACK_CONFIG names another logback file instead.
+
 ``--initial-position`` (TRIM_HORIZON, LATEST, AT_TIMESTAMP:<epoch seconds or ISO-8601>) only
 applies to shards without a lease: to replay, use it with a new ``--app``.
 
@@ -69,6 +72,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                         help="with --lifecycle-hook: leave this group gracefully when it terminates us")
     parser.add_argument("--lifecycle-hook", metavar="NAME",
                         help="termination lifecycle hook completed after the graceful stop")
+    # A worker's log is read by machines: JSON lines, the format of the daemon's and processors'
+    # (this default overrides the global --log-json, so `tablesync run` always logs JSON).
+    parser.set_defaults(log_json=True)
     return parser
 
 
@@ -172,7 +178,9 @@ def run(args: argparse.Namespace) -> int:
         properties_file = Path(work) / "kcl.properties"
         properties_file.write_text(rendered, encoding="utf-8")
         try:
-            argv = daemon.java_command(properties_file, cbor=not daemon.needs_json_protocol(rendered))
+            logback = Path(environ.get("TABLESYNC_LOGBACK_CONFIG") or daemon.LOGBACK_XML)
+            argv = daemon.java_command(properties_file, cbor=not daemon.needs_json_protocol(rendered),
+                                       logback=logback)
             log.info("KCL application %s on stream %s", props["applicationName"], props.get("streamName"))
             tasks.start()
             try:

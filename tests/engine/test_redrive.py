@@ -431,3 +431,36 @@ def test_poison_records_are_parked_anew_when_replayed_and_still_undecodable(
     assert report == {**report, "read": 1, "still_failing": 1, "removed": 1}
     (entry,) = [e for _, e in engine.dead_letters.read("_poison")]
     assert entry.data == b"\xff not json" and "not JSON" in entry.reason
+
+
+@pytest.mark.usefixtures("moto")
+def test_redrive_stderr_is_for_people_and_its_metrics_go_to_the_metrics_file(
+        clock: Any, tmp_path: Path, capsys: Any, monkeypatch: Any) -> None:
+    config_path = write_config(tmp_path)
+    config = load(config_path)
+    create_table(boto3.client("dynamodb", region_name="eu-west-1"), "copy-up")
+    engine = build_engine(config, clock=clock, metrics=RecordingMetrics())
+    assert engine.pipeline.process(history().raw_records()[:5]).complete
+    engine.close()
+    parser = argparse.ArgumentParser()
+    redrive_cmd.add_parser(parser.add_subparsers())
+    args = parser.parse_args(["redrive", "--config", str(config_path), "--target", "down"])
+
+    # 1 target still down, no metrics file: the terminal gets human lines only, no EMF
+    monkeypatch.delenv("TABLESYNC_METRICS_FILE", raising=False)
+    assert redrive_cmd.run(args) == 1
+    out = capsys.readouterr()
+    assert "_aws" not in out.err and "_aws" not in out.out
+    assert "redrive down:" in out.out
+
+    # 2 target back, with a metrics file: the documents go there, still nothing on stderr
+    create_table(boto3.client("dynamodb", region_name="ap-southeast-2"), "copy-down")
+    metrics_file = tmp_path / "metrics.jsonl"
+    monkeypatch.setenv("TABLESYNC_METRICS_FILE", str(metrics_file))
+    status = redrive_cmd.run(args)
+    out = capsys.readouterr()
+    assert status == 0, out
+    assert "_aws" not in out.err
+    docs = [json.loads(line) for line in metrics_file.read_text().splitlines()]
+    assert docs and all("_aws" in d for d in docs)
+    assert sum(d.get("Applied", 0) + d.get("StaleSkipped", 0) for d in docs if d.get("Target") == "down") == 5

@@ -4,6 +4,7 @@ created through moto's PutMetricAlarm API instead, which validates the property 
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import boto3
@@ -33,9 +34,34 @@ def test_one_lag_p99_alarm_per_target() -> None:
     lag = {name: a for name, a in alarms.items() if name.startswith("LagP99Alarm")}
     assert set(lag) == {"LagP99Alarmprodeu", "LagP99Alarmstagingus"}
     for target, name in (("prod-eu", "LagP99Alarmprodeu"), ("staging.us", "LagP99Alarmstagingus")):
-        assert lag[name]["Namespace"] == "tablesync" and lag[name]["MetricName"] == "LagMs"
-        assert lag[name]["Dimensions"] == [{"Name": "Target", "Value": target}]
-        assert lag[name]["ExtendedStatistic"] == "p99" and "Statistic" not in lag[name]
+        assert lag[name]["AlarmName"] == f"tablesync-orders-lag-p99-{target}"  # the dashboard's state widget
+        queries = {q["Id"]: q for q in lag[name]["Metrics"]}
+        stat = queries["lag"]["MetricStat"]
+        assert stat["Metric"]["Namespace"] == "tablesync" and stat["Metric"]["MetricName"] == "LagMs"
+        assert stat["Metric"]["Dimensions"] == [{"Name": "Target", "Value": target}]
+        assert stat["Stat"] == "p99"
+
+
+def test_lag_alarms_breach_on_missing_lag_while_the_stream_has_traffic() -> None:
+    """Missing LagMs is a breach when the stream receives records (nobody replicates), not when
+    the stream is idle: the alarm's expression fills a missing lag with a value far above any
+    threshold only where IncomingRecords is positive."""
+    for name, alarm in _alarms().items():
+        if not name.startswith("LagP99Alarm"):
+            continue
+        queries = {q["Id"]: q for q in alarm["Metrics"]}
+        traffic = queries["traffic"]["MetricStat"]
+        assert traffic["Metric"]["Namespace"] == "AWS/Kinesis"
+        assert traffic["Metric"]["MetricName"] == "IncomingRecords"
+        assert traffic["Metric"]["Dimensions"] == [{"Name": "StreamName", "Value": PARAMS["StreamName"]}]
+        assert (traffic["Stat"], traffic["Period"]) == ("Sum", queries["lag"]["MetricStat"]["Period"])
+        (returned,) = [q for q in alarm["Metrics"] if q.get("ReturnData")]
+        match = re.fullmatch(r"IF\(FILL\(traffic, 0\) > 0, FILL\(lag, (\d+)\), FILL\(lag, 0\)\)",
+                             returned["Expression"])
+        assert match, returned["Expression"]
+        assert int(match.group(1)) > 1000 * float(alarm["Threshold"]) and alarm["ComparisonOperator"] == (
+            "GreaterThanThreshold")
+        assert alarm["TreatMissingData"] == "notBreaching"  # no traffic and no lag: an idle stream
 
 
 @pytest.mark.parametrize(
@@ -66,16 +92,19 @@ def test_source_and_dead_letter_alarms_fire_on_the_first_record() -> None:
 def test_every_alarm_is_accepted_by_put_metric_alarm(aws: boto3.Session) -> None:
     cloudwatch = aws.client("cloudwatch")
     alarms = _alarms()
+    names = {name: props.get("AlarmName", name) for name, props in alarms.items()}
     for name, props in alarms.items():
         # CloudFormation passes Number parameters as strings and converts them for the API.
-        cloudwatch.put_metric_alarm(AlarmName=name, **{**props, "Threshold": float(props["Threshold"])})
+        cloudwatch.put_metric_alarm(**{**props, "AlarmName": names[name], "Threshold": float(props["Threshold"])})
 
     stored = {a["AlarmName"]: a for a in cloudwatch.describe_alarms()["MetricAlarms"]}
-    assert set(stored) == set(alarms)
+    assert set(stored) == set(names.values())
     workers = stored["WorkersMissingAlarm"]
     assert [m["Id"] for m in workers["Metrics"]] == ["inService", "desired", "missing"]
     assert workers["Metrics"][2]["Expression"] == "desired - inService"
-    assert stored["LagP99Alarmprodeu"]["AlarmActions"] == [PARAMS["AlarmTopicArn"]]
+    lag = stored["tablesync-orders-lag-p99-prod-eu"]
+    assert lag["AlarmActions"] == [PARAMS["AlarmTopicArn"]]
+    assert [m["Id"] for m in lag["Metrics"]] == ["lag", "traffic", "lagOrMissing"]
 
 
 def test_without_a_topic_no_actions_are_set() -> None:

@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import io
 import json
+import math
+import random
 
-from kcl_app.adapters.metrics import MAX_SAMPLES, EmfMetrics, RecordingMetrics
+import pytest
+
+from kcl_app.adapters.metrics import MAX_SAMPLES, EmfMetrics, NullMetrics, RecordingMetrics
+from kcl_app.adapters.metrics import for_command as metrics_for_command
 
 
 def emitted(stream: io.StringIO) -> list[dict]:
@@ -70,15 +75,50 @@ def test_empty_samples_are_left_out_and_an_empty_document_is_not_written() -> No
     assert [m["Name"] for m in doc["_aws"]["CloudWatchMetrics"][0]["Metrics"]] == ["Applied"]
 
 
-def test_many_samples_are_bounded_and_keep_the_extremes() -> None:
+def cloudwatch_percentile(docs: list[dict], name: str, p: float) -> float:
+    """The percentile CloudWatch computes for ``name`` over a period: every value of every
+    document pooled (a value listed k times counts k times), nearest rank."""
+    pooled = sorted(v for d in docs for v in (d[name] if isinstance(d.get(name), list) else []))
+    return pooled[max(0, math.ceil(p / 100 * len(pooled)) - 1)]
+
+
+def exact_percentile(samples: list[float], p: float) -> float:
+    ordered = sorted(samples)
+    return ordered[max(0, math.ceil(p / 100 * len(ordered)) - 1)]
+
+
+@pytest.mark.parametrize("size", [1, 99, 100, 101, 1000, 4321])
+def test_every_sample_is_counted_so_cloudwatch_percentiles_are_exact(size: int) -> None:
+    lags = heavy_tail(size, size)
     stream = io.StringIO()
-    lags = [float(v) for v in range(1000, 0, -1)]
-    EmfMetrics(stream).emit({"Target": "t"}, {}, {"LagMs": lags})
-    (doc,) = emitted(stream)
-    assert_valid_emf(doc)
-    assert len(doc["LagMs"]) == MAX_SAMPLES
-    assert doc["LagMs"][0] == 1.0 and doc["LagMs"][-1] == 1000.0
-    assert doc["LagMs"] == sorted(doc["LagMs"])
+    EmfMetrics(stream).emit({"Target": "t"}, {"Applied": size, "Parked": 1}, {"LagMs": lags})
+    docs = emitted(stream)
+    for doc in docs:
+        assert_valid_emf(doc)
+        assert doc["Target"] == "t"
+    assert len(docs) == math.ceil(size / MAX_SAMPLES)
+    assert sum(len(d["LagMs"]) for d in docs) == size
+    # counters once: a sum over the documents is the real total
+    assert sum(d.get("Applied", 0) for d in docs) == size
+    assert sum(d.get("Parked", 0) for d in docs) == 1
+    for p in (50, 90, 99, 99.9, 100):
+        assert cloudwatch_percentile(docs, "LagMs", p) == pytest.approx(exact_percentile(lags, p), abs=5e-4)
+
+
+def heavy_tail(size: int, seed: int) -> list[float]:
+    """Lags as a lease hand-off gives them: most ~200 ms, 2 % in the seconds."""
+    rng = random.Random(seed)
+    return [rng.lognormvariate(5.3, 0.3) if rng.random() > 0.02 else rng.uniform(3000, 5200)
+            for _ in range(size)]
+
+
+def test_the_check_can_fail_down_sampling_to_one_document_misses_p99() -> None:
+    """What the check above guards against: 100 evenly picked values of 4321 move p99 off."""
+    lags = heavy_tail(4321, 0)
+    ordered = sorted(lags)
+    step = (len(ordered) - 1) / (MAX_SAMPLES - 1)
+    sampled = [{"LagMs": [ordered[round(i * step)] for i in range(MAX_SAMPLES)]}]
+    assert cloudwatch_percentile(sampled, "LagMs", 99) != pytest.approx(exact_percentile(lags, 99), abs=5e-4)
 
 
 def test_one_line_per_emission() -> None:
@@ -90,6 +130,20 @@ def test_one_line_per_emission() -> None:
     assert [d["Target"] for d in docs] == ["t0", "t1", "t2"]
     for doc in docs:
         assert_valid_emf(doc)
+
+
+def test_null_metrics_write_nothing_and_commands_use_the_metrics_file(tmp_path, capsys) -> None:
+    quiet = metrics_for_command("tablesync", {})
+    assert isinstance(quiet, NullMetrics)
+    quiet.emit({"Target": "t"}, {"Applied": 1}, {"LagMs": [1.0]})
+    path = tmp_path / "metrics.jsonl"
+    to_file = metrics_for_command("ns", {"TABLESYNC_METRICS_FILE": str(path)})
+    to_file.emit({"Target": "t"}, {"Applied": 2})
+    out = capsys.readouterr()
+    assert out.out == "" and out.err == ""
+    (doc,) = [json.loads(line) for line in path.read_text().splitlines()]
+    assert_valid_emf(doc)
+    assert doc["Applied"] == 2 and doc["_aws"]["CloudWatchMetrics"][0]["Namespace"] == "ns"
 
 
 def test_recording_metrics_totals_by_dimension() -> None:
