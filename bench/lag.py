@@ -11,7 +11,7 @@ stream. Two consumers read that stream at the same polling interval (200 ms):
 
 Prints p50/p99 for each and the ratio. Never asserts. The machine's 2 cores are shared by the
 emulator, both daemons, the record processors, the copier and the writer: absolute figures are
-this machine's. Usage: .venv/bin/python bench/lag.py [--rate 500] [--seconds 30]
+this machine's. Usage: .venv/bin/python bench/lag.py [--rate 500] [--seconds 30] [--properties F]
 """
 
 from __future__ import annotations
@@ -28,11 +28,50 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tablesync_local.fleet import Fleet, create_source, create_table, lease_owners, read_metrics  # noqa: E402
+from tablesync_local.fleet import (  # noqa: E402
+    LOCAL_PROPERTIES,
+    Fleet,
+    create_source,
+    create_table,
+    lease_owners,
+    leases,
+    read_metrics,
+)
 from tablesync_local.stack import running_stack  # noqa: E402
 
 REGION = "us-east-1"
 TARGETS = (("dr", "eu-west-1", "lag-dr"), ("lite", "ap-southeast-2", "lag-lite"))
+
+
+def handoff_in_progress(client_ddb, app: str) -> bool:
+    """A KCL 3.x graceful hand-off is under way while a lease carries a checkpointOwner."""
+    return any("checkpointOwner" in item for item in leases(client_ddb, app).values())
+
+
+def handoffs(fleet: Fleet) -> int:
+    """Graceful lease hand-offs started so far, counted in the workers' daemon logs."""
+    count = 0
+    for worker in fleet.workers:
+        if worker.log_path.exists():
+            text = worker.log_path.read_text(encoding="utf-8", errors="replace")
+            count += text.count("Initiated graceful lease handoff")
+    return count
+
+
+def shard_process_rss_mb(fleet: Fleet) -> list[float]:
+    """VmRSS of every record-processor process (`-m kcl_app.worker`) under the fleet's workers."""
+    out = []
+    for status in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            argv = status.read_bytes().split(b"\0")
+            if b"kcl_app.worker" not in argv or str(fleet.config).encode() not in argv:
+                continue
+            for line in (status.parent / "status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    out.append(int(line.split()[1]) / 1024)
+        except OSError:
+            continue
+    return sorted(out)
 
 
 def pct(values: list[float], q: int) -> float:
@@ -104,6 +143,8 @@ def main() -> int:
     ap.add_argument("--rate", type=float, default=500.0, help="source writes per second")
     ap.add_argument("--seconds", type=float, default=30.0)
     ap.add_argument("--keys", type=int, default=5000)
+    ap.add_argument("--properties", type=Path, default=LOCAL_PROPERTIES,
+                    help="KCL properties template of the workers (default: properties/local.properties)")
     args = ap.parse_args()
     os.environ.setdefault("AWS_ACCESS_KEY_ID", "bench")
     os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "bench")
@@ -119,7 +160,7 @@ def main() -> int:
                          f'dead_letter = {{ kind = "dir", path = "{workdir / "dlq"}" }}\n')
         config = workdir / "targets.toml"
         config.write_text("\n".join(lines))
-        fleet = Fleet(stack.endpoint, "lag-stream", "lag-app", config, workdir)
+        fleet = Fleet(stack.endpoint, "lag-stream", "lag-app", config, workdir, properties=args.properties)
         try:
             fleet.start_worker()
             fleet.start_worker()
@@ -134,13 +175,22 @@ def main() -> int:
             while not all(c.get_item(TableName=t, Key={"pk": {"S": "warm-up"}}).get("Item") for c, t in warm):
                 time.sleep(0.2)
             # KCL 3.x balances leases by throughput once records flow: load the stream until both
-            # workers own leases (or 90 s), so that the figures are steady state, not a hand-off
-            for _ in range(9):
+            # workers own leases and then until a whole 10 s window passes with no lease moving and
+            # no hand-off in progress (or 120 s), so that the figures are steady state, not a hand-off
+            settle = time.monotonic() + 120
+            previous: dict[str, str | None] = {}
+            while time.monotonic() < settle:
                 write_load(stack, args.rate, 10, args.keys, 10_000_000)
-                if len({o for o in lease_owners(source, "lag-app").values() if o}) >= 2:
+                owners = lease_owners(source, "lag-app")
+                if (len({o for o in owners.values() if o}) >= 2 and owners == previous
+                        and not handoff_in_progress(source, "lag-app")):
                     break
+                previous = owners
+            else:
+                print("leases still moving after 120 s of load; measuring anyway", file=sys.stderr)
             owners = lease_owners(source, "lag-app")
             balance = sorted(list(owners.values()).count(w) for w in set(owners.values()))
+            moves_before = handoffs(fleet)
             _, offset = read_metrics(fleet.metrics_file)
             stop = threading.Event()
             copier_lags: list[float] = []
@@ -160,6 +210,8 @@ def main() -> int:
             stop.set()
             for t in pollers:
                 t.join(timeout=5)
+            moves = handoffs(fleet) - moves_before
+            rss = shard_process_rss_mb(fleet)
             docs, _ = read_metrics(fleet.metrics_file, offset)
             ours = [float(v) for d in docs if d.get("Target") for v in d.get("LagMs", [])]
             print(f"workload: {writes} source writes at {achieved:.0f}/s ({args.rate:.0f} asked) over 4 shards, "
@@ -172,6 +224,8 @@ def main() -> int:
             if copier_lags and ours:
                 print(f"ratio copier/tablesync: p50 {pct(copier_lags, 50) / pct(ours, 50):.1f}x, "
                       f"p99 {pct(copier_lags, 99) / pct(ours, 99):.1f}x")
+            print(f"lease hand-offs during the measurement: {moves}; load average {os.getloadavg()[0]:.1f}; "
+                  f"shard-process RSS after the load: " + ", ".join(f"{r:.0f}" for r in rss) + " MB")
         finally:
             fleet.stop(timeout=30)
     return 0
