@@ -122,6 +122,9 @@ def session_for(target: TargetConfig, base: boto3.Session | None = None) -> boto
         extra_args=extra,
     )
     core = botocore.session.Session()
+    # One parsed copy of the service models per process: every target's session shares the base
+    # session's loader (its cache holds the DynamoDB model and endpoint rules, ~10 MB per copy).
+    core.register_component("data_loader", base._session.get_component("data_loader"))  # noqa: SLF001
     # the documented way to plug a credential provider; botocore's stubs do not declare the attribute
     core._credentials = DeferredRefreshableCredentials(  # type: ignore[attr-defined]  # noqa: SLF001
         refresh_using=fetcher.fetch_credentials, method="assume-role"
@@ -312,7 +315,11 @@ def build_engine(config: Config, *, clock: Clock | None = None, metrics: Metrics
     clock = clock or SystemClock()
     metrics = metrics or EmfMetrics(namespace=config.metrics_namespace)
     dead_letters = dead_letters or make_dead_letters(config)
-    target_clients = {t.name: (clients or {}).get(t.name) or dynamodb_client(t) for t in config.targets}
+    # One base session for every target: a session per target would parse the service models
+    # once per target (~10 MB of RSS each in a shard process).
+    base = base_session() if any(t.name not in (clients or {}) for t in config.targets) else None
+    target_clients = {t.name: (clients or {}).get(t.name) or dynamodb_client(t, session_for(t, base))
+                      for t in config.targets}
     writers = {t.name: make_writer(t, config, clock, target_clients[t.name], prepare) for t in config.targets}
     schemas = learn_key_schemas(config, target_clients, source_client) if prepare else dict(config.key_schemas)
     pipeline = Pipeline(
