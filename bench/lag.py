@@ -160,7 +160,7 @@ def main() -> int:
                          f'dead_letter = {{ kind = "dir", path = "{workdir / "dlq"}" }}\n')
         config = workdir / "targets.toml"
         config.write_text("\n".join(lines))
-        fleet = Fleet(stack.endpoint, "lag-stream", "lag-app", config, workdir, properties=args.properties)
+        fleet = Fleet(stack.endpoint, "lag-stream", "lag-app", config, workdir, properties=args.properties.resolve())
         try:
             fleet.start_worker()
             fleet.start_worker()

@@ -98,6 +98,21 @@ KNOWN_KEYS: frozenset[str] = frozenset(
 )
 
 REQUIRED_KEYS = ("executableName", "applicationName", "AWSCredentialsProvider")
+
+#: Lease-assignment and polling keys whose out-of-range values KCL 3.1.3 does not refuse: a 0 is
+#: taken for "unset" (its ConfigurationSettableUtils skips Java default values) and the KCL default
+#: silently applies; an idleTimeBetweenReadsInMillis below 200 is raised to 200 with a warning;
+#: percentages above 100 make the balancing math meaningless. Key -> (minimum, maximum or None).
+BOUNDED_KEYS: dict[str, tuple[int, int | None]] = {
+    "dampeningPercentage": (1, 100),
+    "reBalanceThresholdPercentage": (1, 100),
+    "varianceBalancingFrequency": (1, None),
+    "leaseAssignmentIntervalMillis": (1, None),
+    "failoverTimeMillis": (1, None),
+    "idleTimeBetweenReadsInMillis": (200, None),
+    "maxRecords": (1, 10000),
+}
+_BOOLEAN_KEYS = frozenset({"allowThroughputOvershoot", "disableWorkerMetrics", "isGracefulLeaseHandoffEnabled"})
 _PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _KEY = re.compile(r"[A-Za-z][A-Za-z0-9_.]*")
 
@@ -152,6 +167,19 @@ def check_key(key: str) -> None:
     hint = difflib.get_close_matches(key, sorted(KNOWN_KEYS), n=1)
     suffix = f" (did you mean {hint[0]!r}?)" if hint else ""
     raise PropertiesError(f"unknown KCL 3.1.3 property {key!r}: the daemon would ignore it{suffix}", key)
+
+
+def check_value(key: str, value: str) -> None:
+    """Raise PropertiesError for a lease/poll value the daemon would ignore or silently change."""
+    if key in _BOOLEAN_KEYS and value not in ("true", "false"):
+        raise PropertiesError(f"{key} must be true or false, got {value!r}", key)
+    if key not in BOUNDED_KEYS:
+        return
+    low, high = BOUNDED_KEYS[key]
+    if not re.fullmatch(r"[0-9]+", value) or int(value) < low or (high is not None and int(value) > high):
+        span = f"{low}..{high}" if high is not None else f">= {low}"
+        raise PropertiesError(f"{key} must be an integer {span}, got {value!r} (the daemon would not "
+                              "refuse it but run with a different value)", key)
 
 
 def _substitute(key: str, value: str, substitutions: Mapping[str, str]) -> str:
@@ -210,7 +238,8 @@ def render_properties(
     every key must be in :data:`KNOWN_KEYS`; :data:`REQUIRED_KEYS` must be present with
     non-empty values, as must ``streamName`` or ``streamArn``; ``initialPositionInStream`` and
     ``initialPositionInStreamExtended`` are exclusive; ``executableName`` must pass
-    :func:`check_executable` (and is normalised to single spaces). Returns ``key = value`` lines
+    :func:`check_executable` (and is normalised to single spaces); lease/poll values must pass
+    :func:`check_value`. Returns ``key = value`` lines
     in template order (overrides appended), comments dropped. Raises PropertiesError.
     """
     subs = dict(substitutions or {})
@@ -241,6 +270,8 @@ def render_properties(
     for key, value in props.items():
         _check_value(key, value, key)
     props["executableName"] = " ".join(check_executable(props["executableName"]))
+    for key, value in props.items():
+        check_value(key, value)
     lines = ["# Rendered by tablesync (kcl_app.daemon); edit the template, not this file."]
     lines += [f"{key} = {_escape(value)}" for key, value in props.items()]
     return "\n".join(lines) + "\n"

@@ -253,3 +253,27 @@ def test_render_refuses_a_control_character_in_substitutions_and_overrides(value
 def test_a_clean_value_still_renders_and_adds_no_key() -> None:
     props = render(applicationName="orders-sync.v2_x")
     assert props["applicationName"] == "orders-sync.v2_x" and "kinesisEndpoint" not in props
+
+
+@pytest.mark.parametrize(("key", "value"), [
+    ("dampeningPercentage", "0"),          # KCL takes 0 for "unset": the default 60 would apply
+    ("reBalanceThresholdPercentage", "150"),
+    ("varianceBalancingFrequency", "0"),
+    ("idleTimeBetweenReadsInMillis", "100"),  # KCL raises it to 200 with a warning
+    ("maxRecords", "20000"),
+    ("leaseAssignmentIntervalMillis", "5s"),
+    ("allowThroughputOvershoot", "no"),
+])
+def test_lease_and_poll_values_the_daemon_would_not_apply_are_refused(key: str, value: str) -> None:
+    with pytest.raises(daemon.PropertiesError) as err:
+        render(**{key: value})
+    assert err.value.key == key and key in str(err.value)
+
+
+@pytest.mark.parametrize("name", ["local.properties", "production.properties", "production-fanout.properties"])
+def test_a_balanced_fleet_keeps_its_leases(name: str) -> None:
+    """Lease balancing settings that stop steady-state hand-offs (docs/operating-notes.md)."""
+    props = daemon.parse_properties((PROPERTIES / name).read_text())
+    assert props["allowThroughputOvershoot"] == "false"
+    rounds = int(props["varianceBalancingFrequency"])
+    assert rounds * int(props["leaseAssignmentIntervalMillis"]) >= 15_000, "rebalancing at most every 15 s"
