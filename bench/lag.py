@@ -58,18 +58,18 @@ def handoffs(fleet: Fleet) -> int:
     return count
 
 
-def shard_process_rss_mb(fleet: Fleet) -> list[float]:
-    """VmRSS of every record-processor process (`-m kcl_app.worker`) under the fleet's workers."""
+def shard_process_rss_mb(fleet: Fleet) -> list[tuple[float, float]]:
+    """(VmRSS, VmHWM = peak) of every record-processor process (`-m kcl_app.worker`) of the fleet."""
     out = []
     for status in Path("/proc").glob("[0-9]*/cmdline"):
         try:
             argv = status.read_bytes().split(b"\0")
             if b"kcl_app.worker" not in argv or str(fleet.config).encode() not in argv:
                 continue
-            for line in (status.parent / "status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    out.append(int(line.split()[1]) / 1024)
-        except OSError:
+            fields = dict(line.split(":", 1) for line in (status.parent / "status").read_text().splitlines()
+                          if ":" in line)
+            out.append((int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024))
+        except (OSError, KeyError, ValueError):
             continue
     return sorted(out)
 
@@ -225,7 +225,7 @@ def main() -> int:
                 print(f"ratio copier/tablesync: p50 {pct(copier_lags, 50) / pct(ours, 50):.1f}x, "
                       f"p99 {pct(copier_lags, 99) / pct(ours, 99):.1f}x")
             print(f"lease hand-offs during the measurement: {moves}; load average {os.getloadavg()[0]:.1f}; "
-                  f"shard-process RSS after the load: " + ", ".join(f"{r:.0f}" for r in rss) + " MB")
+                  "shard-process RSS now/peak: " + ", ".join(f"{r:.0f}/{h:.0f}" for r, h in rss) + " MB")
         finally:
             fleet.stop(timeout=30)
     return 0

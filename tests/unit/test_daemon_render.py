@@ -56,7 +56,8 @@ def test_fanout_template_differs_from_polling_only_in_retrieval() -> None:
     polling = daemon.parse_properties((PROPERTIES / "production.properties").read_text())
     fanout = daemon.parse_properties((PROPERTIES / "production-fanout.properties").read_text())
     assert polling["retrievalMode"] == "POLLING" and fanout["retrievalMode"] == "FANOUT"
-    assert set(polling) - set(fanout) == {"idleTimeBetweenReadsInMillis", "maxRecords"}
+    assert set(polling) - set(fanout) == {"idleTimeBetweenReadsInMillis", "maxRecords",
+                                          "millisBehindLatestThresholdForReducedTps"}
     assert set(fanout) <= set(polling)
     same = set(fanout) - {"retrievalMode"}
     assert {k: polling[k] for k in same} == {k: fanout[k] for k in same}
