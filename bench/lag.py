@@ -175,19 +175,20 @@ def main() -> int:
             while not all(c.get_item(TableName=t, Key={"pk": {"S": "warm-up"}}).get("Item") for c, t in warm):
                 time.sleep(0.2)
             # KCL 3.x balances leases by throughput once records flow: load the stream until both
-            # workers own leases and then until a whole 10 s window passes with no lease moving and
-            # no hand-off in progress (or 120 s), so that the figures are steady state, not a hand-off
-            settle = time.monotonic() + 120
-            previous: dict[str, str | None] = {}
+            # workers own leases and then until 20 s (longer than the local properties' 15 s
+            # rebalancing period) pass with no lease moving and no hand-off in progress (or 150 s),
+            # so that the figures are steady state, not a hand-off
+            settle = time.monotonic() + 150
+            history: list[dict[str, str | None]] = []
             while time.monotonic() < settle:
                 write_load(stack, args.rate, 10, args.keys, 10_000_000)
-                owners = lease_owners(source, "lag-app")
-                if (len({o for o in owners.values() if o}) >= 2 and owners == previous
+                history.append(lease_owners(source, "lag-app"))
+                if (len(history) >= 3 and history[-1] == history[-2] == history[-3]
+                        and len({o for o in history[-1].values() if o}) >= 2
                         and not handoff_in_progress(source, "lag-app")):
                     break
-                previous = owners
             else:
-                print("leases still moving after 120 s of load; measuring anyway", file=sys.stderr)
+                print("leases still moving after 150 s of load; measuring anyway", file=sys.stderr)
             owners = lease_owners(source, "lag-app")
             balance = sorted(list(owners.values()).count(w) for w in set(owners.values()))
             moves_before = handoffs(fleet)
