@@ -43,6 +43,13 @@ REGION = "us-east-1"
 TARGETS = (("dr", "eu-west-1", "lag-dr"), ("lite", "ap-southeast-2", "lag-lite"))
 
 
+def spread(owners: dict[str, str | None]) -> int:
+    """Most minus fewest leases per worker (both workers counted, an unowned lease counts as one)."""
+    counts = [list(owners.values()).count(w) for w in set(owners.values()) if w]
+    counts += [0] * (2 - len(counts))
+    return max(counts) - min(counts) + sum(1 for w in owners.values() if not w)
+
+
 def handoff_in_progress(client_ddb, app: str) -> bool:
     """A KCL 3.x graceful hand-off is under way while a lease carries a checkpointOwner."""
     return any("checkpointOwner" in item for item in leases(client_ddb, app).values())
@@ -174,18 +181,17 @@ def main() -> int:
             warm = [(stack.client("dynamodb", r), t) for _, r, t in TARGETS]
             while not all(c.get_item(TableName=t, Key={"pk": {"S": "warm-up"}}).get("Item") for c, t in warm):
                 time.sleep(0.2)
-            # KCL 3.x balances leases by throughput once records flow: load the stream until both
-            # workers own leases and then until 20 s (longer than the local properties' 15 s
+            # KCL 3.x balances leases by throughput once records flow: load the stream until the
+            # leases are balanced (2/2) and 20 s (longer than the local properties' 15 s
             # rebalancing period) pass with no lease moving and no hand-off in progress (or 150 s),
-            # so that the figures are steady state, not a hand-off
+            # so that the figures are those of a steady, balanced fleet, not of a hand-off
             settle = time.monotonic() + 150
             history: list[dict[str, str | None]] = []
             while time.monotonic() < settle:
                 write_load(stack, args.rate, 10, args.keys, 10_000_000)
                 history.append(lease_owners(source, "lag-app"))
                 if (len(history) >= 3 and history[-1] == history[-2] == history[-3]
-                        and len({o for o in history[-1].values() if o}) >= 2
-                        and not handoff_in_progress(source, "lag-app")):
+                        and spread(history[-1]) <= 1 and not handoff_in_progress(source, "lag-app")):
                     break
             else:
                 print("leases still moving after 150 s of load; measuring anyway", file=sys.stderr)
