@@ -183,9 +183,9 @@ def main() -> int:
                 time.sleep(0.2)
             # KCL 3.x balances leases by throughput once records flow: load the stream until the
             # leases are balanced (2/2) and 20 s (longer than the local properties' 15 s
-            # rebalancing period) pass with no lease moving and no hand-off in progress (or 150 s),
+            # rebalancing period) pass with no lease moving and no hand-off in progress (or 240 s),
             # so that the figures are those of a steady, balanced fleet, not of a hand-off
-            settle = time.monotonic() + 150
+            settle = time.monotonic() + 240
             history: list[dict[str, str | None]] = []
             while time.monotonic() < settle:
                 write_load(stack, args.rate, 10, args.keys, 10_000_000)
@@ -194,7 +194,7 @@ def main() -> int:
                         and spread(history[-1]) <= 1 and not handoff_in_progress(source, "lag-app")):
                     break
             else:
-                print("leases still moving after 150 s of load; measuring anyway", file=sys.stderr)
+                print("leases still moving after 240 s of load; measuring anyway", file=sys.stderr)
             owners = lease_owners(source, "lag-app")
             balance = sorted(list(owners.values()).count(w) for w in set(owners.values()))
             moves_before = handoffs(fleet)
