@@ -169,7 +169,7 @@ def check_key(key: str) -> None:
     raise PropertiesError(f"unknown KCL 3.1.3 property {key!r}: the daemon would ignore it{suffix}", key)
 
 
-def check_value(key: str, value: str) -> None:
+def check_bounds(key: str, value: str) -> None:
     """Raise PropertiesError for a lease/poll value the daemon would ignore or silently change."""
     if key in _BOOLEAN_KEYS and value not in ("true", "false"):
         raise PropertiesError(f"{key} must be true or false, got {value!r}", key)
@@ -239,7 +239,7 @@ def render_properties(
     non-empty values, as must ``streamName`` or ``streamArn``; ``initialPositionInStream`` and
     ``initialPositionInStreamExtended`` are exclusive; ``executableName`` must pass
     :func:`check_executable` (and is normalised to single spaces); lease/poll values must pass
-    :func:`check_value`. Returns ``key = value`` lines
+    :func:`check_bounds`. Returns ``key = value`` lines
     in template order (overrides appended), comments dropped. Raises PropertiesError.
     """
     subs = dict(substitutions or {})
@@ -271,7 +271,7 @@ def render_properties(
         _check_value(key, value, key)
     props["executableName"] = " ".join(check_executable(props["executableName"]))
     for key, value in props.items():
-        check_value(key, value)
+        check_bounds(key, value)
     lines = ["# Rendered by tablesync (kcl_app.daemon); edit the template, not this file."]
     lines += [f"{key} = {_escape(value)}" for key, value in props.items()]
     return "\n".join(lines) + "\n"
