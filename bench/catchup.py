@@ -146,7 +146,8 @@ class ShardProcess:
 
 
 def write_config(workdir: Path, endpoint: str, targets: int, concurrency: int) -> Path:
-    lines = ['[source]\ntable = "bench-source"\n']
+    # the key schema is given: the null target cannot answer DescribeTable
+    lines = ['[source]\ntable = "bench-source"\n\n[source.key_schema]\nbench-source = ["pk:S"]\n']
     for i in range(targets):
         lines.append(f'[[targets]]\nname = "t{i}"\nregion = "{REGIONS[i]}"\ntable = "catchup-t{i}"\n'
                      f'endpoint_url = "{endpoint}"\ncreate_ledger = false\nmax_concurrency = {concurrency}\n'
