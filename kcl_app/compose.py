@@ -267,8 +267,8 @@ class Engine:
                 close()
 
 
-def learn_key_schemas(config: Config, clients: Mapping[str, Any], source: Any | None = None
-                      ) -> dict[str, KeySchema]:
+def learn_key_schemas(config: Config, clients: Mapping[str, Any], source: Any | None = None,
+                      session: boto3.Session | None = None) -> dict[str, KeySchema]:
     """The key schema of every source table, once per process: from `[source.key_schema]`, else
     DescribeTable of the source table, else (a source out of reach, e.g. no endpoint for it) of a
     target table of it, whose key schema must equal the source's for replication to work at all.
@@ -281,10 +281,10 @@ def learn_key_schemas(config: Config, clients: Mapping[str, Any], source: Any | 
         if source is None:
             # one attempt, short timeouts: an unreachable source (no endpoint for it here, no
             # DescribeTable permission) must not delay the start; the targets are asked next
-            source = boto3.client("dynamodb", region_name=config.source_region,
-                                  endpoint_url=config.source_endpoint_url,
-                                  config=BotoConfig(retries={"total_max_attempts": 1}, connect_timeout=2,
-                                                    read_timeout=5))
+            # from the targets' session when given: one parsed copy of the service models
+            source = (session or boto3).client(
+                "dynamodb", region_name=config.source_region, endpoint_url=config.source_endpoint_url,
+                config=BotoConfig(retries={"total_max_attempts": 1}, connect_timeout=2, read_timeout=5))
         candidates.append((f"source table {table}", source, table))
         candidates += [(f"target {t.name} table {t.table}", clients[t.name], t.table)
                        for t in config.targets if t.source_table == table]
@@ -321,7 +321,8 @@ def build_engine(config: Config, *, clock: Clock | None = None, metrics: Metrics
     target_clients = {t.name: (clients or {}).get(t.name) or dynamodb_client(t, session_for(t, base))
                       for t in config.targets}
     writers = {t.name: make_writer(t, config, clock, target_clients[t.name], prepare) for t in config.targets}
-    schemas = learn_key_schemas(config, target_clients, source_client) if prepare else dict(config.key_schemas)
+    schemas = (learn_key_schemas(config, target_clients, source_client, base) if prepare
+               else dict(config.key_schemas))
     pipeline = Pipeline(
         config.rules(), writers, dead_letters, metrics, clock,
         retry_budget_seconds={t.name: t.retry_budget_seconds for t in config.targets},
