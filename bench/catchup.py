@@ -207,7 +207,7 @@ def run_copier(pages: list[list[dict[str, Any]]], endpoint: str, limit: int) -> 
 
 
 def start_null_target(delay_ms: float) -> tuple[subprocess.Popen[str], str]:
-    from kcl_app.local.stack import free_port
+    from tablesync_local.stack import free_port
 
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "bench.null_target", "--port", str(port),
@@ -234,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("AWS_ACCESS_KEY_ID", "bench")
     os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "bench")
     os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
-    from kcl_app.local.stack import running_stack
+    from tablesync_local.stack import running_stack
 
     load_start = os.getloadavg()[0]
     with running_stack() as stack:
