@@ -64,7 +64,13 @@ class GuardedWriter(TargetWriter, Protocol):
 
 @dataclass(frozen=True)
 class DeadLetter:
-    """A parked change: everything needed to redrive it later (the raw record, not a derivative)."""
+    """A parked change: everything needed to redrive it later (the raw record, not a derivative).
+
+    `parked_at` is when this entry was (last) written; `first_parked_at` when the change was first
+    parked for this store (0 means "this park": entries written before the field existed read back
+    with their `parked_at`); `attempts` counts the parks of this change for this store (the first
+    one included). `entry_id` is deterministic: the same record parked again for the same store
+    has the same id, so a store keyed by it holds it once."""
 
     store: str
     reason: str
@@ -74,6 +80,32 @@ class DeadLetter:
     parked_at: float
     key_id: str = ""
     version: str = ""
+    first_parked_at: float = 0.0
+    attempts: int = 1
+
+    @property
+    def first_parked(self) -> float:
+        """When the change was first parked for this store."""
+        return self.first_parked_at or self.parked_at
+
+    @property
+    def entry_id(self) -> str:
+        """32 hex digits from the store, the record's position and its bytes (not the reason, nor
+        the time: a replay of the same record, or a re-park with a new reason, has the same id)."""
+        import hashlib
+
+        digest = hashlib.sha256()
+        for part in (self.store, self.shard_id, self.sequence_number, self.key_id, self.version):
+            digest.update(part.encode("utf-8", "surrogatepass") + b"\0")
+        digest.update(hashlib.sha256(self.data).digest())
+        return digest.hexdigest()[:32]
+
+    def reparked(self, reason: str, now: float, earlier: DeadLetter) -> DeadLetter:
+        """This entry as a further attempt of `earlier` (same change): its first time, one more attempt."""
+        from dataclasses import replace
+
+        return replace(self, reason=reason, parked_at=now, first_parked_at=min(earlier.first_parked, self.first_parked),
+                       attempts=max(earlier.attempts + 1, self.attempts))
 
     def to_json(self) -> dict[str, object]:
         import base64
@@ -87,21 +119,30 @@ class DeadLetter:
             "parked_at": self.parked_at,
             "key_id": self.key_id,
             "version": self.version,
+            "entry_id": self.entry_id,
+            "first_parked_at": self.first_parked,
+            "attempts": self.attempts,
         }
 
     @classmethod
     def from_json(cls, doc: Mapping[str, object]) -> DeadLetter:
+        """Entries written before `first_parked_at`/`attempts` existed read back as a first park."""
         import base64
 
+        parked_at = float(str(doc.get("parked_at", 0.0)))
+        first = float(str(doc.get("first_parked_at", parked_at)))
+        attempts = doc.get("attempts", 1)
         return cls(
             store=str(doc["store"]),
             reason=str(doc["reason"]),
             data=base64.b64decode(str(doc["data"])),
             sequence_number=str(doc.get("sequence_number", "")),
             shard_id=str(doc.get("shard_id", "")),
-            parked_at=float(str(doc.get("parked_at", 0.0))),
+            parked_at=parked_at,
             key_id=str(doc.get("key_id", "")),
             version=str(doc.get("version", "")),
+            first_parked_at=0.0 if first == parked_at else first,
+            attempts=attempts if isinstance(attempts, int) and not isinstance(attempts, bool) and attempts > 0 else 1,
         )
 
 

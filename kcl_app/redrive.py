@@ -14,20 +14,27 @@ replayed older put would re-create an item the source has deleted. So an entry o
 target's tombstone TTL is not replayed: its key is settled from the source's current item through
 the verifier's fenced repair (`reread`). `inline` mode keeps no tombstones at all, so every entry
 of an inline target is settled that way.
+
+A change that fails again is parked again as a further attempt of its entry: it keeps the entry's
+first parked time, its attempt count goes up by one, and the report counts it as `reparked` (not
+as removed). `dry_run` replays nothing and touches neither the store nor the target: each entry is
+classified (would apply, would skip as stale, would re-read from the source, would be left, would
+park again as undecodable) from a consistent read of the target's fence.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from kcl_app.core.attrs import Item
 from kcl_app.core.errors import PoisonRecord
 from kcl_app.core.records import RawRecord, decode
 from kcl_app.core.versions import Precision
-from kcl_app.pipeline import Pipeline
-from kcl_app.ports import Clock, DeadLetterSink
+from kcl_app.pipeline import BatchResult, Pipeline
+from kcl_app.core.versions import Version
+from kcl_app.ports import Clock, DeadLetter, DeadLetterSink
 
 log = logging.getLogger("tablesync.redrive")
 
@@ -45,6 +52,7 @@ class RedriveReport:
     left_too_old: int = 0
     still_failing: int = 0
     removed: int = 0
+    reparked: int = 0  # failed again: the entry was parked again (first time kept, one more attempt)
     unreadable: int = 0  # entries the store could not parse: skipped, kept, and named in `skipped`
     skipped: list[str] = field(default_factory=list)
 
@@ -75,6 +83,32 @@ class Reread:
         return change.key if age >= self.max_age_seconds - CLOCK_SKEW_SECONDS else None
 
 
+class _Attempts:
+    """Wraps the sink the pipeline parks into, for the time of a redrive: an entry the pipeline parks
+    again for a record being redriven becomes a further attempt of the entry it came from."""
+
+    def __init__(self, inner: DeadLetterSink) -> None:
+        self.inner = inner
+        self.pending: dict[str, DeadLetter] = {}  # entry id -> the entry read, for this batch
+        self.reparked: set[str] = set()  # entry ids parked again by this batch
+
+    def park(self, entries: Sequence[DeadLetter]) -> None:
+        again = []
+        for entry in entries:
+            earlier = self.pending.get(entry.entry_id)  # the same record, parked again in the same store
+            if earlier is not None:
+                entry = entry.reparked(entry.reason, entry.parked_at, earlier)
+            again.append(entry)
+        self.inner.park(again)
+        self.reparked.update(e.entry_id for e in again)
+
+    def read(self, store: str) -> Iterator[tuple[str, DeadLetter]]:
+        return self.inner.read(store)
+
+    def remove(self, store: str, handles: Sequence[str]) -> None:
+        self.inner.remove(store, handles)
+
+
 def redrive(pipeline: Pipeline, sink: DeadLetterSink, target: str, batch_size: int = 500,
             reread: Reread | None = None,
             progress: Callable[[RedriveReport], None] | None = None,
@@ -85,14 +119,20 @@ def redrive(pipeline: Pipeline, sink: DeadLetterSink, target: str, batch_size: i
     pipeline again (every target; those still undecodable or unmapped are parked anew)."""
     report = RedriveReport(target)
     batch: list[tuple[str, RawRecord]] = []
+    attempts = _Attempts(getattr(pipeline, "dead_letters", sink))
+    by_handle: dict[str, DeadLetter] = {}
 
     def run(entries: list[tuple[str, RawRecord]]) -> list[tuple[str, RawRecord]]:
         """Process `entries` together; remove the settled ones; return those left unsettled."""
+        attempts.reparked.clear()
+        attempts.pending.update((by_handle[h].entry_id, by_handle[h]) for h, _ in entries)
         try:
-            result = pipeline.process([raw for _, raw in entries], only=None if stream_wide else [target])
+            result = _process(pipeline, attempts, [raw for _, raw in entries], None if stream_wide else [target])
         except Exception:  # the pipeline should not raise; if it does, nothing of this batch is settled
             log.exception("redrive %s: a batch of %d entries raised", target, len(entries))
             return entries
+        finally:
+            attempts.pending.clear()
         for counts in result.targets.values():
             report.applied += counts.applied
             report.stale += counts.stale + counts.duplicate + counts.coalesced
@@ -101,7 +141,11 @@ def redrive(pipeline: Pipeline, sink: DeadLetterSink, target: str, batch_size: i
             report.still_failing += result.poison + result.unmapped
         settled = [handle for i, (handle, _) in enumerate(entries) if i not in result.unsettled]
         sink.remove(target, settled)
-        report.removed += len(settled)
+        again = sum(1 for h in settled if by_handle[h].entry_id in attempts.reparked)
+        report.reparked += again
+        report.removed += len(settled) - again
+        for handle, _ in entries:
+            by_handle.pop(handle, None)
         return [entry for i, entry in enumerate(entries) if i in result.unsettled]
 
     def flush() -> None:
@@ -118,10 +162,12 @@ def redrive(pipeline: Pipeline, sink: DeadLetterSink, target: str, batch_size: i
 
     for handle, entry in sink.read(target):
         report.read += 1
+        by_handle[handle] = entry
         raw = RawRecord(entry.data, entry.sequence_number, shard_id=entry.shard_id)
         key = reread.key_to_reread(raw) if reread else None
         if reread is not None and key is not None:
             flush()  # what came before this entry in the store lands first
+            by_handle.pop(handle, None)
             if reread.repair is None:
                 report.left_too_old += 1
             elif reread.repair(key) in ("repaired", "superseded"):
@@ -143,5 +189,109 @@ def redrive(pipeline: Pipeline, sink: DeadLetterSink, target: str, batch_size: i
     for handle, why in unreadable(target) if callable(unreadable) else []:
         report.unreadable += 1
         report.skipped.append(f"{handle}: {why}")
-    log.info("redrive %s: %s", target, report)
+    log.info("redrive %s: read %d, applied %d, stale %d, re-read %d, left as too old %d, re-parked %d, "
+             "still failing %d, removed %d, unreadable %d", target, report.read, report.applied, report.stale,
+             report.reread, report.left_too_old, report.reparked, report.still_failing, report.removed,
+             report.unreadable)
     return report
+
+
+def _process(pipeline: Pipeline, sink: _Attempts, records: list[RawRecord], only: list[str] | None) -> BatchResult:
+    """`pipeline.process`, parking into `sink` (the pipeline's own sink, wrapped) for this batch."""
+    own = getattr(pipeline, "dead_letters", None)
+    if own is None:
+        return pipeline.process(records, only=only)
+    pipeline.dead_letters = sink  # the pipeline's port, swapped for the batch, given back below
+    try:
+        return pipeline.process(records, only=only)
+    finally:
+        pipeline.dead_letters = own
+
+
+# ----------------------------------------------------------------------------- dry run
+
+Verdict = str  # "apply" | "stale" | "reread" | "left" | "poison" | "unknown"
+
+
+@dataclass
+class PlannedEntry:
+    """What a redrive would do with one entry (`verdict`) and why (`detail`)."""
+
+    handle: str
+    entry_id: str
+    key_id: str
+    version: str
+    attempts: int
+    first_parked_at: float
+    verdict: Verdict
+    detail: str = ""
+
+
+@dataclass
+class DryRunReport:
+    target: str
+    read: int = 0
+    would_apply: int = 0
+    would_skip_stale: int = 0
+    would_reread: int = 0
+    would_leave: int = 0
+    would_park_again: int = 0
+    unknown: int = 0
+    unreadable: int = 0
+    entries: list[PlannedEntry] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+
+
+def dry_run(sink: DeadLetterSink, target: str, *, seen: Callable[[Item, str], Version | None] | None,
+            reread: Reread | None = None, precision: Precision = "auto", max_listed: int = 1000) -> DryRunReport:
+    """What `redrive` would do with each entry of `target`'s store, changing nothing.
+
+    `seen(key, key_id)` is the version the target's fence holds for the key (None: never seen; the
+    callable raises when the target cannot be read: the entry is then `unknown`). None as `seen`
+    (a stream-wide store) classifies decodable entries as `unknown`: every target would decide."""
+    report = DryRunReport(target)
+    handles: list[str] = []
+    try:
+        for handle, entry in sink.read(target):
+            handles.append(handle)
+            report.read += 1
+            raw = RawRecord(entry.data, entry.sequence_number, shard_id=entry.shard_id)
+            verdict, detail = _classify(raw, seen, reread, precision)
+            setattr(report, _COUNTERS[verdict], getattr(report, _COUNTERS[verdict]) + 1)
+            if len(report.entries) < max_listed:
+                report.entries.append(PlannedEntry(handle, entry.entry_id, entry.key_id, entry.version,
+                                                   entry.attempts, entry.first_parked, verdict, detail))
+    finally:
+        release = getattr(sink, "release", None)
+        if callable(release):
+            release(target, handles)
+    unreadable = getattr(sink, "unreadable", None)
+    for handle, why in unreadable(target) if callable(unreadable) else []:
+        report.unreadable += 1
+        report.skipped.append(f"{handle}: {why}")
+    return report
+
+
+_COUNTERS = {"apply": "would_apply", "stale": "would_skip_stale", "reread": "would_reread",
+             "left": "would_leave", "poison": "would_park_again", "unknown": "unknown"}
+
+
+def _classify(raw: RawRecord, seen: Callable[[Item, str], Version | None] | None, reread: Reread | None,
+              precision: Precision) -> tuple[Verdict, str]:
+    try:
+        change = decode(raw, precision)
+    except PoisonRecord as exc:
+        return "poison", f"undecodable: {exc}"
+    if reread is not None and reread.key_to_reread(raw) is not None:
+        if reread.repair is None:
+            return "left", "older than the tombstone TTL: settle it with verify --repair or a backfill"
+        return "reread", "older than the tombstone TTL (or an inline target): settled from the source's item"
+    if seen is None:
+        return "unknown", "replayed through every target"
+    try:
+        held = seen(change.key, change.key_id)
+    except Exception as exc:  # the target cannot be read: a redrive would retry, then park again
+        return "unknown", f"the target could not be read ({type(exc).__name__}: {exc})"
+    if held is None or change.version > held:
+        return "apply", "newer than what the target holds" if held else "the target has never seen this key"
+    return "stale", "the target holds this version or a newer one"

@@ -62,12 +62,29 @@ def parse_entry(doc: Any, store: str) -> DeadLetter:
     parked_at = doc.get("parked_at", 0.0)
     if isinstance(parked_at, bool) or not isinstance(parked_at, int | float):
         raise Unreadable("field 'parked_at' is not a number")
+    # entries written before these fields existed: a first park, at `parked_at`
+    first = doc.get("first_parked_at", parked_at)
+    if isinstance(first, bool) or not isinstance(first, int | float):
+        raise Unreadable("field 'first_parked_at' is not a number")
+    attempts = doc.get("attempts", 1)
+    if isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 1:
+        raise Unreadable("field 'attempts' is not a positive integer")
     try:
         data = base64.b64decode(doc["data"], validate=True)
     except (binascii.Error, ValueError) as exc:
         raise Unreadable(f"field 'data' is not valid base64 ({exc})") from None
     return DeadLetter(store=store, reason=doc["reason"], data=data, parked_at=float(parked_at),
+                      first_parked_at=0.0 if first == parked_at else float(first), attempts=attempts,
                       **{name: doc.get(name, "") for name in _TEXT_FIELDS})
+
+
+def file_name(entry: DeadLetter) -> str:
+    """The directory store's file for an entry: its sequence number, zero-padded so that names sort
+    in stream order within a shard, then its entry id (deterministic: a record parked again for the
+    same store lands on the same file)."""
+    seq = entry.sequence_number
+    position = seq.rjust(64, "0") if seq.isdigit() and seq.isascii() and len(seq) <= 64 else "~"
+    return f"{position}-{entry.entry_id}.json"
 
 
 class _UnreadableLog:
@@ -88,12 +105,18 @@ class _UnreadableLog:
 
 class DirectoryDeadLetters(_UnreadableLog):
     """Entries hold whole item images (personal data, often): store folders are 0700 and files
-    0600 whatever the umask; a root this store creates is 0700 too."""
+    0600 whatever the umask; a root this store creates is 0700 too.
+
+    One file per entry id (`file_name`): parking a record that is already in the store rewrites its
+    file, keeping the first parked time and counting one more attempt. `remove` deletes a file only
+    if it is still the one `read` gave (same inode and modification time): an entry re-parked under
+    the same name after it was read (a redrive that failed again) stays."""
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
         super().__init__()
         self.root = Path(root)
         self._private: set[Path] = set()
+        self._seen: dict[Path, tuple[int, int]] = {}  # file -> (inode, mtime_ns) when read() gave it
 
     def _folder(self, store: str) -> Path:
         folder = self.root / _safe(store)
@@ -111,8 +134,9 @@ class DirectoryDeadLetters(_UnreadableLog):
         for entry in entries:
             try:
                 folder = self._folder(entry.store)
-                name = f"{int(entry.parked_at * 1000):015d}-{uuid.uuid4().hex}.json"
-                tmp = folder / f".{name}.tmp"
+                name = file_name(entry)
+                entry = self._merged(folder / name, entry)
+                tmp = folder / f".{name}.{uuid.uuid4().hex[:8]}.tmp"
                 fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
                 os.fchmod(fd, 0o600)
                 with open(fd, "w", encoding="utf-8") as fh:
@@ -130,6 +154,20 @@ class DirectoryDeadLetters(_UnreadableLog):
             finally:
                 os.close(fd)
 
+    @staticmethod
+    def _merged(path: Path, entry: DeadLetter) -> DeadLetter:
+        """`entry` as a further attempt of the entry already at `path`, if there is a readable one."""
+        try:
+            with open(path, encoding="utf-8") as fh:
+                earlier = parse_entry(json.load(fh), entry.store)
+        except FileNotFoundError:
+            return entry
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, Unreadable):
+            return entry  # not a readable entry of ours: the new one takes its place
+        if earlier.entry_id != entry.entry_id:
+            return entry
+        return entry.reparked(entry.reason, entry.parked_at, earlier)
+
     def read(self, store: str) -> Iterator[tuple[str, DeadLetter]]:
         folder = self.root / _safe(store)
         if not folder.is_dir():
@@ -137,17 +175,34 @@ class DirectoryDeadLetters(_UnreadableLog):
         for path in sorted(folder.glob("*.json")):
             try:
                 with open(path, encoding="utf-8") as fh:
+                    stat = os.fstat(fh.fileno())
                     doc = json.load(fh)
                 entry = parse_entry(doc, store)
             except (OSError, UnicodeDecodeError, json.JSONDecodeError, Unreadable) as exc:
                 self._skip(store, path.name, f"{type(exc).__name__}: {exc}")
                 continue
+            self._seen[path] = (stat.st_ino, stat.st_mtime_ns)
             yield path.name, entry
 
     def remove(self, store: str, handles: Sequence[str]) -> None:
         folder = self.root / _safe(store)
         for handle in handles:
-            (folder / Path(handle).name).unlink(missing_ok=True)
+            path = folder / Path(handle).name
+            seen = self._seen.pop(path, None)
+            if seen is not None:
+                try:
+                    stat = path.stat()
+                except FileNotFoundError:
+                    continue
+                if (stat.st_ino, stat.st_mtime_ns) != seen:
+                    continue  # parked again since it was read: the new entry stays
+            path.unlink(missing_ok=True)
+
+    def release(self, store: str, handles: Sequence[str]) -> None:
+        """Forget handles that were read and are not to be removed (nothing to give back here)."""
+        folder = self.root / _safe(store)
+        for handle in handles:
+            self._seen.pop(folder / Path(handle).name, None)
 
     def stores(self) -> list[str]:
         if not self.root.is_dir():
@@ -276,8 +331,16 @@ class SqsDeadLetters(_UnreadableLog):
                 if batch and (len(batch) == SQS_MAX_BATCH_ENTRIES or batch_bytes + size > self.max_batch_bytes):
                     self._send(store, url, batch)
                     batch, batch_bytes = [], 0
-                batch.append({"Id": str(len(batch)), "MessageBody": body,
-                              "MessageAttributes": {"store": {"DataType": "String", "StringValue": store}}})
+                message: dict[str, Any] = {
+                    "Id": str(len(batch)), "MessageBody": body,
+                    "MessageAttributes": {"store": {"DataType": "String", "StringValue": store}}}
+                if url.endswith(".fifo"):
+                    # a FIFO queue drops a message whose id it saw in the last 5 minutes: the same
+                    # record parked twice in a row (a replay) is stored once; a further attempt
+                    # (a redrive that failed again) is a new message, as the old one is deleted
+                    message["MessageDeduplicationId"] = f"{entry.entry_id}-{entry.attempts}"
+                    message["MessageGroupId"] = store
+                batch.append(message)
                 batch_bytes += size
             if batch:
                 self._send(store, url, batch)
@@ -384,6 +447,13 @@ class SqsDeadLetters(_UnreadableLog):
             del self._reading[store]
             self._release(url, held)
 
+    def release(self, store: str, handles: Sequence[str]) -> None:
+        """Make messages a read gave visible again at once (a listing or a dry run, which removes
+        nothing, must not hide them from the next read for the visibility timeout)."""
+        for handle in handles:
+            self._pointers.pop(handle, None)
+        self._release(self._url(store), handles)
+
     def _release(self, url: str, handles: Sequence[str]) -> None:
         for start in range(0, len(handles), SQS_MAX_BATCH_ENTRIES):
             chunk = handles[start : start + SQS_MAX_BATCH_ENTRIES]
@@ -439,6 +509,19 @@ class RoutedDeadLetters:
 
     def remove(self, store: str, handles: Sequence[str]) -> None:
         self._sink(store).remove(store, handles)
+
+    def release(self, store: str, handles: Sequence[str]) -> None:
+        release = getattr(self._sink(store), "release", None)
+        if callable(release):
+            release(store, handles)
+
+    def stores(self) -> list[str]:
+        found: set[str] = set()
+        for sink in [*self.routes.values(), self.default]:
+            listing = getattr(sink, "stores", None)
+            if callable(listing):
+                found.update(listing())
+        return sorted(found)
 
     def depth(self, store: str) -> int:
         return int(self._sink(store).depth(store))

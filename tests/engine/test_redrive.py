@@ -382,7 +382,8 @@ def test_unmapped_records_are_redriven_once_their_table_is_mapped(clock: Any, tm
     args = parser.parse_args(["redrive", "--config", str(mapped), "--store", "_unmapped", "--json"])
     assert redrive_cmd.run(args) == 1, "one record is still unmapped, one too old"
     report = json.loads(capsys.readouterr().out)
-    assert report == {**report, "read": 6, "applied": 4, "still_failing": 1, "left_too_old": 1, "removed": 5}
+    assert report == {**report, "read": 6, "applied": 4, "still_failing": 1, "left_too_old": 1, "removed": 4,
+                          "reparked": 1}
     assert normalise_all(scan_all(eu, "copy-users")) == normalise_all(users.items)
     left = sorted(json.loads(e.data)["tableName"] for _, e in engine.dead_letters.read("_unmapped"))
     assert left == ["audit", "users"], "audit parked anew, the old users record left as it was"
@@ -423,14 +424,17 @@ def test_poison_records_are_parked_anew_when_replayed_and_still_undecodable(
     engine = build_engine(load(stream_wide_config(tmp_path)), clock=clock, metrics=RecordingMetrics())
     assert engine.pipeline.process([RawRecord(b"\xff not json", "1")]).complete
     engine.close()
+    (first,) = [e for _, e in engine.dead_letters.read("_poison")]
+    clock.advance(60)
     parser = argparse.ArgumentParser()
     redrive_cmd.add_parser(parser.add_subparsers())
     args = parser.parse_args(["redrive", "--config", str(tmp_path / "targets.toml"), "--store", "_poison", "--json"])
     assert redrive_cmd.run(args) == 1
     report = json.loads(capsys.readouterr().out)
-    assert report == {**report, "read": 1, "still_failing": 1, "removed": 1}
+    assert report == {**report, "read": 1, "still_failing": 1, "removed": 0, "reparked": 1}
     (entry,) = [e for _, e in engine.dead_letters.read("_poison")]
     assert entry.data == b"\xff not json" and "not JSON" in entry.reason
+    assert entry.attempts == 2 and entry.first_parked == first.first_parked < entry.parked_at
 
 
 @pytest.mark.usefixtures("moto")
