@@ -31,9 +31,8 @@ from dataclasses import dataclass, field
 from kcl_app.core.attrs import Item
 from kcl_app.core.errors import PoisonRecord
 from kcl_app.core.records import RawRecord, decode
-from kcl_app.core.versions import Precision
+from kcl_app.core.versions import Precision, Version
 from kcl_app.pipeline import BatchResult, Pipeline
-from kcl_app.core.versions import Version
 from kcl_app.ports import Clock, DeadLetter, DeadLetterSink
 
 log = logging.getLogger("tablesync.redrive")

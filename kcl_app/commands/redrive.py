@@ -1,14 +1,20 @@
 """``tablesync redrive``: re-apply a target's parked changes through the fenced path.
 
-    tablesync redrive --config targets.toml (--target NAME | --store _unmapped | --store _poison) [--json]
+    tablesync redrive --config targets.toml (--target NAME | --store _unmapped | --store _poison) [--dry-run] [--json]
 
 Safe at any time and any number of times: a parked change older than what the target holds is a
 stale no-op; an entry leaves the dead-letter store only once settled. An entry older than the
 tombstone TTL (stream retention + margin), and every entry of an `inline` target, is not replayed:
 its key is settled from the source's current item instead (`reread`), because the fence may no
 longer remember a delete that came after it. Needs read access to the source table for those.
-Reports how many entries were read, applied, stale (already superseded), re-read from the source
-and still failing (parked again with a fresh reason, or kept).
+Reports how many entries were read, applied, stale (already superseded), re-read from the source,
+re-parked (failed again: parked again with the new reason, keeping the entry's first parked time,
+one more attempt counted) and still failing; `removed` counts the entries that left the store.
+
+`--dry-run` changes nothing, neither the store nor the target: it reads every entry and says what a
+redrive would do with it (apply, skip as stale, re-read from the source, leave as too old, park
+again as undecodable), from a consistent read of the target's fence; see `tablesync parked` to
+look at the entries themselves.
 
 `--store _unmapped` replays the records of tables no target wanted (kept with `unmapped = "park"`)
 through every target, once a mapping for their table has been added; `--store _poison` replays the
@@ -19,8 +25,8 @@ with `verify --repair` or a backfill instead.
 Progress (counts so far) goes to stderr every 5 s, the report to stdout. Metrics (EMF) are
 appended to TABLESYNC_METRICS_FILE when it is set, like the workers'; otherwise none are written.
 
-Exit codes: 0 nothing left in the store; 1 some entries still fail (or were left as too old);
-2 could not run.
+Exit codes: 0 nothing left in the store (dry run: nothing would be left); 1 some entries still
+fail (or were left as too old; dry run: some would); 2 could not run.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ import argparse
 import json
 import os
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any
@@ -43,7 +50,7 @@ from kcl_app.config import Config, load
 from kcl_app.core.errors import ReplicationError
 from kcl_app.pipeline import POISON_STORE, UNMAPPED_STORE
 from kcl_app.ports import Clock
-from kcl_app.redrive import RedriveReport, Reread, redrive
+from kcl_app.redrive import DryRunReport, RedriveReport, Reread, dry_run, redrive
 from kcl_app.verify import Verifier
 
 EXIT_OK, EXIT_FAILING, EXIT_ERROR = 0, 1, 2
@@ -57,6 +64,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     which = parser.add_mutually_exclusive_group(required=True)
     which.add_argument("--target", help="the target whose dead letters to redrive")
     which.add_argument("--store", choices=STREAM_WIDE, help="a store of records that belong to no target yet")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="say what a redrive would do with each entry, changing nothing")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     return parser
 
@@ -104,6 +113,14 @@ def run(args: argparse.Namespace) -> int:
     except (ReplicationError, ClientError, BotoCoreError, OSError) as exc:
         print(f"tablesync redrive: cannot run: {exc}", file=sys.stderr)
         return EXIT_ERROR
+    if args.dry_run:
+        try:
+            return _dry_run(args, engine, store, reread, stream_wide)
+        except (ReplicationError, ClientError, BotoCoreError) as exc:
+            print(f"tablesync redrive: stopped: {exc}", file=sys.stderr)
+            return EXIT_ERROR
+        finally:
+            engine.close()
     try:
         report = redrive(engine.pipeline, engine.dead_letters, store, reread=reread,
                          progress=progress_printer(clock), stream_wide=stream_wide)
@@ -117,12 +134,39 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(f"redrive {report.target}: read {report.read}, applied {report.applied}, "
               f"stale {report.stale}, re-read from the source {report.reread}, left as too old "
-              f"{report.left_too_old}, still failing {report.still_failing}, removed {report.removed}, "
+              f"{report.left_too_old}, re-parked {report.reparked}, still failing {report.still_failing}, "
+              f"removed {report.removed}, "
               f"unreadable (skipped, kept) {report.unreadable}")
         for line in report.skipped:
             print(f"  unreadable entry {line}")
     failing = report.still_failing + report.left_too_old + report.unreadable
     return EXIT_OK if failing == 0 else EXIT_FAILING
+
+
+def _dry_run(args: argparse.Namespace, engine: Any, store: str, reread: Reread, stream_wide: bool) -> int:
+    seen = None
+    writer = None if stream_wide else engine.pipeline.writers.get(store)
+    if writer is not None and callable(getattr(writer, "seen", None)):
+        def seen(key: Any, key_id: str) -> Any:
+            return writer.seen(key, key_id, time.monotonic() + 10.0)[1]
+    report = dry_run(engine.dead_letters, store, seen=seen, reread=reread, precision=engine.config.precision)
+    if args.json:
+        print(json.dumps({"dry_run": True, **asdict(report)}, sort_keys=True))
+    else:
+        _print_dry_run(report)
+    left = report.would_leave + report.would_park_again + report.unknown + report.unreadable
+    return EXIT_OK if left == 0 else EXIT_FAILING
+
+
+def _print_dry_run(report: DryRunReport) -> None:
+    print(f"redrive {report.target} (dry run, nothing changed): read {report.read}, would apply "
+          f"{report.would_apply}, would skip as stale {report.would_skip_stale}, would re-read from the source "
+          f"{report.would_reread}, would leave as too old {report.would_leave}, would park again "
+          f"{report.would_park_again}, unknown {report.unknown}, unreadable {report.unreadable}")
+    for planned in report.entries:
+        print(f"  {planned.entry_id}  {planned.verdict:<7}  attempts {planned.attempts}  {planned.detail}")
+    for line in report.skipped:
+        print(f"  unreadable entry {line}")
 
 
 if __name__ == "__main__":
