@@ -32,7 +32,7 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from kcl_app.commands import UsageError, described
+from kcl_app.commands import UsageError, add_global_flags, described
 from kcl_app.compose import make_dead_letters
 from kcl_app.config import Config, load
 from kcl_app.core.attrs import item_to_wire
@@ -51,6 +51,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     actions.required = True
     for name, text in (("list", "one line per parked entry"), ("show", "one entry in full")):
         action = actions.add_parser(name, help=text, description=text)
+        add_global_flags(action, top_level=False)  # after the action's name too
         action.add_argument("--config", required=True, help="targets.toml")
         which = action.add_mutually_exclusive_group()
         which.add_argument("--target", help="only this target's store")
