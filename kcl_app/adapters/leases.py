@@ -42,3 +42,32 @@ def read_leases(dynamodb: Any, table: str) -> list[Lease]:
         if "LastEvaluatedKey" not in page:
             return sorted(leases, key=lambda lease: lease.shard)
         kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+
+def worker_table(app: str) -> str:
+    """The KCL 3.x table where each worker reports itself (``<applicationName>-WorkerMetricStats``
+    unless the properties name another)."""
+    return f"{app}-WorkerMetricStats"
+
+
+def read_worker_stats(dynamodb: Any, table: str) -> dict[str, float]:
+    """Worker id -> when it last reported (epoch seconds), from KCL 3.x's WorkerMetricStats table:
+    ``wid`` (the worker id) and ``lut`` (last update time, epoch seconds; a worker writes it every
+    ``workerMetricsReporterFreqInMillis``, 30 s by default). A row without them is skipped. Raises
+    the client's ResourceNotFoundException when there is no such table."""
+    seen: dict[str, float] = {}
+    kwargs: dict[str, Any] = {"TableName": table, "ConsistentRead": True,
+                              "ProjectionExpression": "wid, lut"}
+    while True:
+        page = dynamodb.scan(**kwargs)
+        for item in page.get("Items", []):
+            worker = item.get("wid", {}).get("S")
+            try:
+                updated = float(item.get("lut", {}).get("N", ""))
+            except ValueError:
+                continue
+            if worker:
+                seen[worker] = updated
+        if "LastEvaluatedKey" not in page:
+            return seen
+        kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]

@@ -167,7 +167,8 @@ def run(args: argparse.Namespace) -> int:
     if bool(group) != bool(hook):
         print("tablesync run: give --auto-scaling-group and --lifecycle-hook together", file=sys.stderr)
         return 2
-    worker_id, add = supervisor.worker_id_for(props, socket.gethostname(), uuid.uuid4().hex)
+    # <host>:<8 hex digits>: leases name the instance; two workers on one host stay distinct
+    worker_id, add = supervisor.worker_id_for(props, socket.gethostname(), uuid.uuid4().hex[:8])
     if add:  # the supervisor must know which leases are this worker's
         rendered += f"workerId = {worker_id}\n"
     tasks, watcher = supervisor.build(props, env, worker_id=worker_id, endpoint=args.endpoint,
