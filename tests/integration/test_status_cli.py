@@ -87,7 +87,8 @@ def test_a_worker_table_that_does_not_exist_is_n_a(app: dict[str, Any]) -> None:
 def test_a_mistyped_stream_exits_1_with_a_clear_line(app: dict[str, Any]) -> None:
     done = tablesync("status", "--app", app["name"], "--stream", "no-such-stream", env=app["env"])
     assert done.returncode == 1
-    assert done.stderr.strip() == f"tablesync status: no stream 'no-such-stream' in {REGION}: check --stream (and --region)"
+    assert done.stderr.strip() == (f"tablesync status: no stream 'no-such-stream' in {REGION}: "
+                                   "check --stream (and --region)")
     assert done.stdout == ""
 
 
