@@ -15,7 +15,7 @@ Beside the daemon (kcl_app/supervisor.py): every ``--fleet-metrics-interval`` se
 off) the lease table is read and the fleet's work published as EMF (``LeasesToProcess``, ...:
 see infra/README.md); with ``--auto-scaling-group`` and ``--lifecycle-hook``, the instance
 metadata is polled and, when the group terminates this instance, the worker stops as on SIGTERM
-and then completes the termination hook. The daemon gets a ``workerId`` (host:random) unless
+and then completes the termination hook. The daemon gets a ``workerId`` (``<host>:<8 hex digits>``) unless
 the template sets one, so the figures know which leases are this worker's.
 
 ``--endpoint`` points Kinesis, DynamoDB and CloudWatch at an emulator (switching the Kinesis
