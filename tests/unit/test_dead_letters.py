@@ -348,3 +348,67 @@ def test_directory_store_recreates_a_folder_removed_meanwhile(tmp_path) -> None:
     sink.park([letter("eu", 2)])
     assert [e.sequence_number for _, e in sink.read("eu")] == [f"{2:020d}"]
     assert os.stat(tmp_path / "dl" / "eu").st_mode & 0o777 == 0o700
+
+
+def test_the_same_record_parked_twice_is_one_entry_with_its_first_time_and_two_attempts(tmp_path) -> None:
+    sink = DirectoryDeadLetters(tmp_path / "dl")
+    first = letter("eu", 1)
+    sink.park([first])
+    later = DeadLetter(**{**first.__dict__, "reason": "still down", "parked_at": first.parked_at + 600})
+    assert later.entry_id == first.entry_id, "the id ignores the time and the reason"
+    sink.park([later])
+    (entry,) = [e for _, e in sink.read("eu")]
+    assert (entry.attempts, entry.first_parked, entry.parked_at, entry.reason) == (
+        2, first.parked_at, first.parked_at + 600, "still down")
+    other = letter("eu", 2)
+    assert other.entry_id != first.entry_id
+    assert letter("us", 1).entry_id != first.entry_id, "per store"
+
+
+def test_an_entry_parked_again_after_it_was_read_is_not_removed_with_the_old_handle(tmp_path) -> None:
+    sink = DirectoryDeadLetters(tmp_path / "dl")
+    sink.park([letter("eu", 1), letter("eu", 2)])
+    read = list(sink.read("eu"))
+    sink.park([read[0][1]])  # a redrive that failed again: the same file, rewritten
+    sink.remove("eu", [h for h, _ in read])
+    (left,) = [e for _, e in sink.read("eu")]
+    assert left.sequence_number == f"{1:020d}" and left.attempts == 2
+
+
+def test_entries_written_before_attempts_existed_read_as_a_first_park(tmp_path) -> None:
+    folder = tmp_path / "dl" / "eu"
+    folder.mkdir(parents=True)
+    doc = letter("eu", 3).to_json()
+    for name in ("first_parked_at", "attempts", "entry_id"):
+        del doc[name]
+    (folder / "001790000003500-0123abcd.json").write_text(json.dumps(doc))
+    (entry,) = [e for _, e in DirectoryDeadLetters(tmp_path / "dl").read("eu")]
+    assert entry.attempts == 1 and entry.first_parked == doc["parked_at"]
+    assert DeadLetter.from_json(doc) == entry
+
+
+@pytest.mark.parametrize("field,value", [("attempts", 0), ("attempts", "2"), ("attempts", True),
+                                         ("first_parked_at", "yesterday")])
+def test_forged_history_fields_are_unreadable(tmp_path, field, value) -> None:
+    folder = tmp_path / "dl" / "eu"
+    folder.mkdir(parents=True)
+    doc = {**letter("eu", 4).to_json(), field: value}
+    (folder / "x.json").write_text(json.dumps(doc))
+    sink = DirectoryDeadLetters(tmp_path / "dl")
+    assert list(sink.read("eu")) == []
+    (skipped,) = sink.unreadable("eu")
+    assert field in skipped[1]
+
+
+def test_a_fifo_queue_deduplicates_a_replayed_record_but_not_a_further_attempt(sqs) -> None:
+    url = sqs.create_queue(QueueName="dl-eu.fifo", Attributes={"FifoQueue": "true"})["QueueUrl"]
+    sink = SqsDeadLetters(sqs, {"eu": url})
+    first = letter("eu", 1)
+    sink.park([first])
+    sink.park([DeadLetter(**{**first.__dict__, "parked_at": first.parked_at + 1})])  # a replay
+    read = list(sink.read("eu"))
+    assert [e.sequence_number for _, e in read] == [first.sequence_number], "stored once"
+    sink.release("eu", [h for h, _ in read])
+    again = first.reparked("still down", first.parked_at + 60, first)
+    sink.park([again])
+    assert sorted(e.attempts for _, e in sink.read("eu")) == [1, 2]
