@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Literal, Protocol
 
 from kcl_app.core.attrs import Item
@@ -88,7 +89,7 @@ class DeadLetter:
         """When the change was first parked for this store."""
         return self.first_parked_at or self.parked_at
 
-    @property
+    @cached_property
     def entry_id(self) -> str:
         """32 hex digits from the store, the record's position and its bytes (not the reason, nor
         the time: a replay of the same record, or a re-park with a new reason, has the same id)."""

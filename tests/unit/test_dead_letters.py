@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from typing import Any
@@ -354,7 +355,7 @@ def test_the_same_record_parked_twice_is_one_entry_with_its_first_time_and_two_a
     sink = DirectoryDeadLetters(tmp_path / "dl")
     first = letter("eu", 1)
     sink.park([first])
-    later = DeadLetter(**{**first.__dict__, "reason": "still down", "parked_at": first.parked_at + 600})
+    later = dataclasses.replace(first, reason="still down", parked_at=first.parked_at + 600)
     assert later.entry_id == first.entry_id, "the id ignores the time and the reason"
     sink.park([later])
     (entry,) = [e for _, e in sink.read("eu")]
@@ -405,7 +406,7 @@ def test_a_fifo_queue_deduplicates_a_replayed_record_but_not_a_further_attempt(s
     sink = SqsDeadLetters(sqs, {"eu": url})
     first = letter("eu", 1)
     sink.park([first])
-    sink.park([DeadLetter(**{**first.__dict__, "parked_at": first.parked_at + 1})])  # a replay
+    sink.park([dataclasses.replace(first, parked_at=first.parked_at + 1)])  # a replay
     read = list(sink.read("eu"))
     assert [e.sequence_number for _, e in read] == [first.sequence_number], "stored once"
     sink.release("eu", [h for h, _ in read])
