@@ -196,15 +196,19 @@ def redrive(pipeline: Pipeline, sink: DeadLetterSink, target: str, batch_size: i
 
 
 def _process(pipeline: Pipeline, sink: _Attempts, records: list[RawRecord], only: list[str] | None) -> BatchResult:
-    """`pipeline.process`, parking into `sink` (the pipeline's own sink, wrapped) for this batch."""
+    """`pipeline.process`, parking into `sink` (the pipeline's own sink, wrapped) for this batch.
+
+    The pipeline's port is swapped for the batch and given back after it: a redrive runs on a
+    pipeline of its own (the command builds one), not on one a stream worker is using meanwhile."""
     own = getattr(pipeline, "dead_letters", None)
-    if own is None:
+    if own is None or own is sink:
         return pipeline.process(records, only=only)
-    pipeline.dead_letters = sink  # the pipeline's port, swapped for the batch, given back below
+    pipeline.dead_letters = sink
     try:
         return pipeline.process(records, only=only)
     finally:
-        pipeline.dead_letters = own
+        if pipeline.dead_letters is sink:
+            pipeline.dead_letters = own
 
 
 # ----------------------------------------------------------------------------- dry run

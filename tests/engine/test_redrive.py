@@ -306,10 +306,17 @@ retry_budget_seconds = 2
     depth = engine.dead_letters.depth("down")  # type: ignore[attr-defined]
     assert depth == 10, "5 entries for each target, in one queue"
 
+    listed = list(engine.dead_letters.read("down"))
+    engine.dead_letters.release("down", [h for h, _ in listed])  # type: ignore[attr-defined]
+    before = {e.entry_id: e for _, e in listed}
     assert redrive_cmd.run(redrive_args(path)) == 1
     report = json.loads(capsys.readouterr().out)
-    assert report == {**report, "read": 5, "still_failing": 5, "applied": 0}
+    assert report == {**report, "read": 5, "still_failing": 5, "applied": 0, "reparked": 5, "removed": 0}
     assert engine.dead_letters.depth("down") == 10, "each entry replaced by its re-parked copy; none lost"  # type: ignore[attr-defined]
+    after = {e.entry_id: e for _, e in engine.dead_letters.read("down")}
+    assert set(after) == set(before), "the same entries, once each"
+    assert all(after[i].attempts == 2 and after[i].first_parked == before[i].first_parked
+               and after[i].parked_at > before[i].parked_at for i in before), "first time kept, one more attempt"
 
 
 @pytest.mark.usefixtures("moto")
