@@ -162,7 +162,7 @@ class DirectoryDeadLetters(_UnreadableLog):
                 earlier = parse_entry(json.load(fh), entry.store)
         except FileNotFoundError:
             return entry
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError, Unreadable):
+        except (OSError, UnicodeDecodeError, ValueError, RecursionError, Unreadable):
             return entry  # not a readable entry of ours: the new one takes its place
         if earlier.entry_id != entry.entry_id:
             return entry
@@ -178,7 +178,7 @@ class DirectoryDeadLetters(_UnreadableLog):
                     stat = os.fstat(fh.fileno())
                     doc = json.load(fh)
                 entry = parse_entry(doc, store)
-            except (OSError, UnicodeDecodeError, json.JSONDecodeError, Unreadable) as exc:
+            except (OSError, UnicodeDecodeError, ValueError, RecursionError, Unreadable) as exc:
                 self._skip(store, path.name, f"{type(exc).__name__}: {exc}")
                 continue
             self._seen[path] = (stat.st_ino, stat.st_mtime_ns)
@@ -390,7 +390,7 @@ class SqsDeadLetters(_UnreadableLog):
                     message_id = message.get("MessageId", handle)
                     try:
                         doc = json.loads(message["Body"])
-                    except json.JSONDecodeError as exc:
+                    except (ValueError, RecursionError) as exc:  # ValueError: an integer of > 4,300 digits too
                         doc = None
                         broken = f"the message body is not JSON ({exc})"
                     attributes = message.get("MessageAttributes", {}).get("store", {})
@@ -418,7 +418,7 @@ class SqsDeadLetters(_UnreadableLog):
                         try:
                             pointer = self.payloads.check(store, pointer)
                             doc = self.payloads.get(pointer)
-                        except (Unreadable, json.JSONDecodeError, UnicodeDecodeError) as exc:
+                        except (Unreadable, ValueError, RecursionError, UnicodeDecodeError) as exc:
                             self._skip(store, message_id, f"{type(exc).__name__}: {exc}")
                             held.append(handle)
                             held_ids.add(message_id)

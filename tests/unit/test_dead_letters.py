@@ -413,3 +413,14 @@ def test_a_fifo_queue_deduplicates_a_replayed_record_but_not_a_further_attempt(s
     again = first.reparked("still down", first.parked_at + 60, first)
     sink.park([again])
     assert sorted(e.attempts for _, e in sink.read("eu")) == [1, 2]
+
+
+@pytest.mark.parametrize("body", ['{"store": "eu", "attempts": ' + "9" * 5000 + "}", "[" * 100_000])
+def test_an_entry_json_cannot_parse_is_skipped_not_raised(tmp_path, body) -> None:
+    folder = tmp_path / "dl" / "eu"
+    folder.mkdir(parents=True)
+    (folder / "huge.json").write_text(body)
+    sink = DirectoryDeadLetters(tmp_path / "dl")
+    sink.park([letter("eu", 1)])
+    assert [e.sequence_number for _, e in sink.read("eu")] == [f"{1:020d}"]
+    assert [h for h, _ in sink.unreadable("eu")] == ["huge.json"]
