@@ -153,7 +153,7 @@ def _once(args: argparse.Namespace) -> int:
         print(json.dumps(doc, indent=2))
         return 0
     cols = ["shard", "owner", "checkpoint", "lease_counter", "parents"] + (["behind_ms"] if args.stream else [])
-    rows = [[_cell(lease.get(c)) for c in cols] for lease in leases]
+    rows = [[_cell(lease.get(c), shorten=c == "checkpoint") for c in cols] for lease in leases]  # owners whole
     widths = [max(len(c), *(len(r[i]) for r in rows)) if rows else len(c) for i, c in enumerate(cols)]
     print("  ".join(c.ljust(w) for c, w in zip(cols, widths, strict=True)))
     for row in rows:
@@ -328,10 +328,10 @@ def _table(cols: list[str], rows: list[list[str]]) -> None:
         print("  " + "  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
 
 
-def _cell(value: Any) -> str:
+def _cell(value: Any, shorten: bool = True) -> str:
     if value is None:
         return "-"
     if isinstance(value, list):
         return ",".join(value) or "-"
     text = str(value)
-    return text if len(text) <= 24 else text[:10] + "…" + text[-10:]
+    return text if len(text) <= 24 or not shorten else text[:10] + "…" + text[-10:]

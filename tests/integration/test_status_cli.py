@@ -43,7 +43,7 @@ def app(local_stack: Any) -> dict[str, Any]:
     ddb = local_stack.client("dynamodb", REGION)
     table(ddb, name, "leaseKey")
     table(ddb, f"{name}-WorkerMetricStats", "wid")
-    for n, owner in enumerate(["host-a:1111aaaa", "host-b:2222bbbb"]):
+    for n, owner in enumerate(["ip-10-0-0-1.eu-west-1.compute.internal:1111aaaa", "host-b:2222bbbb"]):
         ddb.put_item(TableName=name, Item={"leaseKey": {"S": f"shardId-00000000000{n}"}, "leaseOwner": {"S": owner},
                                            "checkpoint": {"S": "TRIM_HORIZON"}, "leaseCounter": {"N": "7"}})
     env = {**os.environ, **local_stack.env(REGION), "PYTHONPATH": str(REPO)}
@@ -57,25 +57,27 @@ def report(ddb: Any, app: str, worker: str, seconds_ago: float) -> None:
 
 
 def test_worker_liveness_and_leases_of_stopped_workers(app: dict[str, Any]) -> None:
-    report(app["ddb"], app["name"], "host-a:1111aaaa", 5)
+    report(app["ddb"], app["name"], "ip-10-0-0-1.eu-west-1.compute.internal:1111aaaa", 5)
     report(app["ddb"], app["name"], "host-b:2222bbbb", 600)
     done = tablesync("status", "--app", app["name"], env=app["env"])
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
+    assert lines[1].split()[1] == "ip-10-0-0-1.eu-west-1.compute.internal:1111aaaa", "an owner is shown whole"
     assert lines[3] == "2 leases, 2 owned, 2 workers"
     assert lines[4].startswith("workers (1 live; stale = not seen in 90 s")
     rows = {line.split()[0]: line.split()[1:] for line in lines[6:8]}
-    assert rows["host-a:1111aaaa"][0] == "live" and rows["host-a:1111aaaa"][-1] == "1"
+    worker_a = rows["ip-10-0-0-1.eu-west-1.compute.internal:1111aaaa"]
+    assert worker_a[0] == "live" and worker_a[-1] == "1"
     assert rows["host-b:2222bbbb"][:3] == ["stale", "10", "min"]
     assert lines[8].startswith("STALE: 1 owned leases belong to workers that are not live")
 
     # every worker stopped: the leases still name owners, and status says they are stale
-    report(app["ddb"], app["name"], "host-a:1111aaaa", 300)
+    report(app["ddb"], app["name"], "ip-10-0-0-1.eu-west-1.compute.internal:1111aaaa", 300)
     stopped = tablesync("status", "--app", app["name"], "--json", env=app["env"])
     doc = json.loads(stopped.stdout)
     assert doc["workers"]["live"] == 0 and doc["workers"]["leases_not_live"] == 2
     assert {w["worker"]: w["state"] for w in doc["workers"]["workers"]} == {
-        "host-a:1111aaaa": "stale", "host-b:2222bbbb": "stale"}
+        "ip-10-0-0-1.eu-west-1.compute.internal:1111aaaa": "stale", "host-b:2222bbbb": "stale"}
 
 
 def test_a_worker_table_that_does_not_exist_is_n_a(app: dict[str, Any]) -> None:
@@ -137,7 +139,7 @@ region = "us-east-1"
 
 
 def test_watch_redraws_until_ctrl_c_and_exits_0(app: dict[str, Any]) -> None:
-    report(app["ddb"], app["name"], "host-a:1111aaaa", 5)
+    report(app["ddb"], app["name"], "ip-10-0-0-1.eu-west-1.compute.internal:1111aaaa", 5)
     proc = subprocess.Popen([sys.executable, "-m", "kcl_app.cli", "status", "--app", app["name"], "--watch",
                              "--interval", "0.2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=app["env"],
                             cwd=REPO)
