@@ -237,15 +237,22 @@ def target_rows(args: argparse.Namespace, now: float) -> list[dict[str, Any]]:
     config = load(args.config)
     sink = make_dead_letters(config)
     lags = recent_lag(args.metrics_file, now - 60.0) if args.metrics_file else {}
+    queues: dict[str, int] = {}
+    for target in config.targets:
+        if target.dead_letter.kind == "sqs" and target.dead_letter.queue_url:
+            queues[target.dead_letter.queue_url] = queues.get(target.dead_letter.queue_url, 0) + 1
     rows = []
     for target in config.targets:
+        # an SQS queue counts every store it holds: with one queue for several targets, the count is theirs
+        shared = queues.get(target.dead_letter.queue_url or "", 1) > 1 if target.dead_letter.kind == "sqs" else False
         try:
             parked: int | None = int(getattr(sink, "depth")(target.name))  # noqa: B009 - not on the port
         except Exception:  # a queue that cannot be read: shown as n/a
             parked = None
         samples = sorted(lags.get(target.name, []))
         rows.append({"target": target.name, "lag_p50_ms": _percentile(samples, 50),
-                     "lag_p99_ms": _percentile(samples, 99), "lag_samples": len(samples), "parked": parked})
+                     "lag_p99_ms": _percentile(samples, 99), "lag_samples": len(samples), "parked": parked,
+                     "parked_queue_shared": shared})
     return rows
 
 
@@ -314,7 +321,11 @@ def _percentile(ordered: Sequence[float], pct: float) -> float | None:
 def print_targets(targets: Sequence[Mapping[str, Any]]) -> None:
     print("targets (lag over the last minute):")
     cols = ["target", "lag_p50_ms", "lag_p99_ms", "parked"]
-    _table(cols, [[_na(row.get(c)) for c in cols] for row in targets])
+    rows = [[_na(row.get(c)) for c in cols] for row in targets]
+    for row, shown in zip(targets, rows, strict=True):
+        if row.get("parked_queue_shared") and row.get("parked") is not None:
+            shown[-1] += " (queue shared with other targets: their total)"
+    _table(cols, rows)
 
 
 def _na(value: Any) -> str:

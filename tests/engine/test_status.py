@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 
 import boto3
 import pytest
@@ -43,3 +44,33 @@ def test_table_lists_every_shard_with_owner_checkpoint_counter_and_parents(capsy
 def test_missing_lease_table_is_a_clear_error(capsys) -> None:
     assert status.run(_args(app="never-started")) == 1
     assert "no lease table 'never-started'" in capsys.readouterr().err
+
+
+def test_parked_backlog_of_targets_sharing_one_queue_says_it_is_their_total(tmp_path, capsys) -> None:
+    sqs = boto3.client("sqs", region_name="us-east-1")
+    queue = sqs.create_queue(QueueName="tablesync-dl")["QueueUrl"]
+    for n in range(3):
+        sqs.send_message(QueueUrl=queue, MessageBody=json.dumps({"store": "eu", "n": n}))
+    config = tmp_path / "targets.toml"
+    config.write_text(f"""
+[dead_letter]
+kind = "sqs"
+queue_url = "{queue}"
+region = "us-east-1"
+
+[[targets]]
+name = "eu"
+source_table = "users"
+table = "copy-eu"
+region = "eu-west-1"
+
+[[targets]]
+name = "us"
+source_table = "users"
+table = "copy-us"
+region = "us-east-1"
+""")
+    rows = status.target_rows(_args(config=str(config), metrics_file=None), now=0.0)
+    assert [(r["target"], r["parked"], r["parked_queue_shared"]) for r in rows] == [("eu", 3, True), ("us", 3, True)]
+    status.print_targets(rows)
+    assert "3 (queue shared with other targets: their total)" in capsys.readouterr().out

@@ -128,8 +128,10 @@ region = "us-east-1"
                      "--json", env=app["env"])
     assert done.returncode == 0, done.stderr
     rows = {row["target"]: row for row in json.loads(done.stdout)["targets"]}
-    assert rows["eu"] == {"target": "eu", "lag_p50_ms": 51.0, "lag_p99_ms": 100.0, "lag_samples": 101, "parked": 0}
-    assert rows["us"] == {"target": "us", "lag_p50_ms": None, "lag_p99_ms": None, "lag_samples": 0, "parked": 3}
+    assert rows["eu"] == {"target": "eu", "lag_p50_ms": 51.0, "lag_p99_ms": 100.0, "lag_samples": 101, "parked": 0,
+                          "parked_queue_shared": False}
+    assert rows["us"] == {"target": "us", "lag_p50_ms": None, "lag_p99_ms": None, "lag_samples": 0, "parked": 3,
+                          "parked_queue_shared": False}
 
     human = tablesync("status", "--app", app["name"], "--config", str(config), env=app["env"])
     tail = human.stdout.splitlines()[-4:]  # no metrics file: no lag known
