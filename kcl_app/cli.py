@@ -9,7 +9,7 @@ import sys
 
 from kcl_app import commands
 
-COMMANDS = ("local", "run", "demo", "status", "backfill", "verify", "redrive")
+COMMANDS = ("local", "run", "demo", "status", "backfill", "seed", "verify", "redrive")
 
 DESCRIPTION = """\
 tablesync replicates DynamoDB tables one way and continuously to any number of target tables

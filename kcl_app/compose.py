@@ -25,6 +25,7 @@ from botocore.credentials import AssumeRoleCredentialFetcher, DeferredRefreshabl
 
 from kcl_app.adapters.clock import SystemClock
 from kcl_app.adapters.dead_letters import DirectoryDeadLetters, RoutedDeadLetters, S3Payloads, SqsDeadLetters
+from kcl_app.adapters.export import DynamoImports, S3Exports
 from kcl_app.adapters.inline import InlineWriter
 from kcl_app.adapters.ledger import LedgerWriter, ensure_ledger
 from kcl_app.adapters.metrics import EmfMetrics
@@ -206,6 +207,16 @@ def make_writer(target: TargetConfig, config: Config, clock: Clock, client: Dyna
     return LedgerWriter(target.name, client, target.table, target.ledger, clock,
                         tombstone_ttl_seconds=config.tombstone_ttl_seconds,
                         max_concurrency=target.max_concurrency)
+
+
+def seed_ports(config: Config, target: TargetConfig, clock: Clock) -> tuple[S3Exports, DynamoImports]:
+    """The clients of `tablesync seed`: exports and S3 on the source side (the worker's credentials,
+    `[source]` region and endpoint), ImportTable in the target's account and region."""
+    def source(service: str) -> Any:
+        return boto3.client(service, region_name=config.source_region, endpoint_url=config.source_endpoint_url,
+                            config=boto_config(max_pool=32, timeout=60.0))
+
+    return S3Exports(source("dynamodb"), source("s3"), clock), DynamoImports(dynamodb_client(target), clock)
 
 
 _QUEUE_HOST = re.compile(r"^(?:sqs\.([a-z0-9-]+)\.amazonaws\.com(?:\.cn)?|([a-z0-9-]+)\.queue\.amazonaws\.com)$")
