@@ -155,6 +155,15 @@ def source_kinesis(config: Config) -> KinesisClient:
                                  endpoint_url=config.source_endpoint_url, config=boto_config())
 
 
+def seed_ports(config: Config, target: TargetConfig, clock: Clock) -> tuple[S3Exports, DynamoImports]:
+    """The clients of `tablesync seed`: the export and its S3 bucket on the source side (the worker's
+    credentials, `[source]` region and endpoint), ImportTable in the target's account and region."""
+    region = config.source_region or default_region()
+    s3 = base_session().client("s3", region_name=region, endpoint_url=config.source_endpoint_url,
+                               config=boto_config(timeout=60.0))
+    return S3Exports(source_dynamodb(config, max_pool=16), s3, clock), DynamoImports(dynamodb_client(target), clock)
+
+
 def target_specs(config: Config, names: Sequence[str] | None, source_table: str | None = None,
                  prepare: bool = False) -> list[TargetSpec]:
     """TargetSpecs (what backfill and verify scan with) for the named targets (all when None),
@@ -207,16 +216,6 @@ def make_writer(target: TargetConfig, config: Config, clock: Clock, client: Dyna
     return LedgerWriter(target.name, client, target.table, target.ledger, clock,
                         tombstone_ttl_seconds=config.tombstone_ttl_seconds,
                         max_concurrency=target.max_concurrency)
-
-
-def seed_ports(config: Config, target: TargetConfig, clock: Clock) -> tuple[S3Exports, DynamoImports]:
-    """The clients of `tablesync seed`: exports and S3 on the source side (the worker's credentials,
-    `[source]` region and endpoint), ImportTable in the target's account and region."""
-    def source(service: str) -> Any:
-        return boto3.client(service, region_name=config.source_region, endpoint_url=config.source_endpoint_url,
-                            config=boto_config(max_pool=32, timeout=60.0))
-
-    return S3Exports(source("dynamodb"), source("s3"), clock), DynamoImports(dynamodb_client(target), clock)
 
 
 _QUEUE_HOST = re.compile(r"^(?:sqs\.([a-z0-9-]+)\.amazonaws\.com(?:\.cn)?|([a-z0-9-]+)\.queue\.amazonaws\.com)$")

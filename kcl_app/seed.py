@@ -42,7 +42,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-from kcl_app.backfill import TargetSpec, TokenBucket, UnseenWriter, _shape_all, writer_for
+from kcl_app.adapters.scan import TargetSpec, writer_for
+from kcl_app.backfill import TokenBucket, UnseenWriter, _shape_all
 from kcl_app.core.attrs import Item
 from kcl_app.ports import (
     Clock,

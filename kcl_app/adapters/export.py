@@ -14,9 +14,9 @@ import gzip
 import json
 import posixpath
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from datetime import datetime
-from typing import Any, Literal, cast
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 from botocore.exceptions import BotoCoreError, ClientError
 
@@ -32,6 +32,11 @@ from kcl_app.ports import (
     KeyAttribute,
     PitrDisabled,
 )
+
+if TYPE_CHECKING:
+    from types_boto3_dynamodb import DynamoDBClient
+    from types_boto3_dynamodb.type_defs import S3BucketSourceTypeDef
+    from types_boto3_s3 import S3Client
 
 MAX_MANIFEST_BYTES = 64 * 1024 * 1024
 ENABLE_PITR = ("aws dynamodb update-continuous-backups --table-name {table} "
@@ -62,7 +67,7 @@ class S3Exports:
     """TableExports on the source account: a DynamoDB client for the source table, an S3 client that
     can read the export bucket."""
 
-    def __init__(self, dynamodb: Any, s3: Any, clock: Clock) -> None:
+    def __init__(self, dynamodb: DynamoDBClient, s3: S3Client, clock: Clock) -> None:
         self.dynamodb = dynamodb
         self.s3 = s3
         self.clock = clock
@@ -103,7 +108,7 @@ class S3Exports:
         return self._state(answer["ExportDescription"], None, export.folder)
 
     @staticmethod
-    def _state(desc: dict[str, Any], prefix: str | None, folder: str = "") -> ExportState:
+    def _state(desc: Mapping[str, Any], prefix: str | None, folder: str = "") -> ExportState:
         arn = str(desc["ExportArn"])
         manifest = desc.get("ExportManifest")
         if manifest:
@@ -178,7 +183,7 @@ class S3Exports:
 class DynamoImports:
     """TableImports on the target's account and region (the target's own DynamoDB client)."""
 
-    def __init__(self, dynamodb: Any, clock: Clock) -> None:
+    def __init__(self, dynamodb: DynamoDBClient, clock: Clock) -> None:
         self.dynamodb = dynamodb
         self.clock = clock
 
@@ -197,7 +202,7 @@ class DynamoImports:
 
     def start(self, export: ExportState, table: str, key: tuple[KeyAttribute, ...],
               bucket_owner: str | None = None) -> ImportState:
-        source: dict[str, Any] = {"S3Bucket": export.bucket, "S3KeyPrefix": f"{export.folder}/data/"}
+        source: S3BucketSourceTypeDef = {"S3Bucket": export.bucket, "S3KeyPrefix": f"{export.folder}/data/"}
         if bucket_owner:
             source["S3BucketOwner"] = bucket_owner
         try:
@@ -220,7 +225,7 @@ class DynamoImports:
         return self._state(answer["ImportTableDescription"])
 
     @staticmethod
-    def _state(desc: dict[str, Any]) -> ImportState:
+    def _state(desc: Mapping[str, Any]) -> ImportState:
         status = str(desc.get("ImportStatus", "IN_PROGRESS"))
         if status not in ("IN_PROGRESS", "COMPLETED", "FAILED", "CANCELLING", "CANCELLED"):
             status = "FAILED"

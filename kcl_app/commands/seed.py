@@ -39,9 +39,9 @@ from typing import Any
 from botocore.exceptions import BotoCoreError, ClientError
 
 from kcl_app.adapters.clock import SystemClock
-from kcl_app.commands import described
-from kcl_app.commands.backfill import StreamNotReady, check_stream_consumer, source_client, stream_of, target_specs
-from kcl_app.compose import seed_ports
+from kcl_app.adapters.consumer import check_stream_consumer, stream_of
+from kcl_app.commands import UsageError, described, standalone
+from kcl_app.compose import seed_ports, source_dynamodb, source_kinesis, target_specs
 from kcl_app.config import load
 from kcl_app.core.errors import ReplicationError
 from kcl_app.seed import SeedRefused, seed
@@ -79,18 +79,18 @@ def run(args: argparse.Namespace) -> int:
     clock = SystemClock()
     try:
         if args.parallel < 1:
-            raise SeedRefused("--parallel must be at least 1")
+            raise UsageError("--parallel must be at least 1")
         config = load(args.config)
         target = config.target(args.target)
         source_table = target.source_table
         stream_since = None
         if not args.skip_stream_check:
             if not args.app:
-                raise StreamNotReady("--app KCL_APP is required to check that the stream consumer reads from "
+                raise UsageError("--app KCL_APP is required to check that the stream consumer reads from "
                                      "before the export (or pass --skip-stream-check)")
-            source = source_client(config)
+            source = source_dynamodb(config)
             stream = args.stream or stream_of(source, source_table)
-            check_stream_consumer(source, source_client(config, "kinesis"), args.app, stream)
+            check_stream_consumer(source, source_kinesis(config), args.app, stream)
             stream_since = clock.now()
         (spec,) = target_specs(config, [target.name], prepare=True)
         exports, imports = seed_ports(config, target, clock)
@@ -114,7 +114,4 @@ def run(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    _parser = argparse.ArgumentParser(prog="tablesync")
-    _sub = _parser.add_subparsers(dest="command", required=True)
-    add_parser(_sub)
-    sys.exit(run(_parser.parse_args()))
+    sys.exit(standalone("seed"))
