@@ -44,6 +44,7 @@ from kcl_app.commands import UsageError, described, standalone
 from kcl_app.compose import seed_ports, source_dynamodb, source_kinesis, target_specs
 from kcl_app.config import load
 from kcl_app.core.errors import ReplicationError
+from kcl_app.ports import PitrDisabled
 from kcl_app.seed import SeedRefused, seed
 
 EXIT_OK, EXIT_FAILED, EXIT_REFUSED = 0, 1, 2
@@ -103,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
                       bucket_owner=args.bucket_owner, stream_since=stream_since, parallel=args.parallel,
                       write_units_per_second=args.write_units, timeout=args.timeout, poll=args.poll,
                       progress=_say)
-    except SeedRefused as exc:
+    except (SeedRefused, PitrDisabled) as exc:
         print(f"tablesync seed: refused: {exc}", file=sys.stderr)
         return EXIT_REFUSED
     except (ReplicationError, ClientError, BotoCoreError, OSError) as exc:

@@ -326,7 +326,7 @@ def test_untrusted_export_files_fail_lines_not_the_seed_and_foreign_keys_are_ref
         list(exports.lines(export, data))
 
 
-def test_seed_command_refuses_without_a_consumer_check(tmp_path: Path, capsys: Any) -> None:
+def _seed_args(tmp_path: Path, *extra: str) -> argparse.Namespace:
     config = tmp_path / "targets.toml"
     config.write_text(f"""
 [source]
@@ -341,6 +341,27 @@ dead_letter = {{ kind = "dir", path = "{tmp_path / 'dlq'}" }}
 """)
     parser = argparse.ArgumentParser()
     seed_cmd.add_parser(parser.add_subparsers())
-    args = parser.parse_args(["seed", "--config", str(config), "--target", "a", "--bucket", BUCKET])
-    assert seed_cmd.run(args) == seed_cmd.EXIT_REFUSED
+    return parser.parse_args(["seed", "--config", str(config), "--target", "a", "--bucket", BUCKET, *extra])
+
+
+def test_seed_command_refuses_without_a_consumer_check(tmp_path: Path, capsys: Any) -> None:
+    assert seed_cmd.run(_seed_args(tmp_path)) == seed_cmd.EXIT_REFUSED
     assert "--app KCL_APP is required" in capsys.readouterr().err
+
+
+@pytest.mark.usefixtures("moto")
+def test_seed_command_imports_a_new_target_and_refuses_without_pitr(tmp_path: Path, capsys: Any) -> None:
+    source, _, _ = live_source(40)
+    args = _seed_args(tmp_path, "--skip-stream-check", "--poll", "0.05")
+    assert seed_cmd.run(args) == seed_cmd.EXIT_OK
+    out = capsys.readouterr()
+    summary = json.loads(out.out)
+    assert summary["way"] == "import" and summary["imported"] == 40 and summary["ok"]
+    assert "seed: export completed" in out.err and "seed: import completed" in out.err
+    target = boto3.client("dynamodb", region_name=TARGET_REGION)
+    assert normalise_all(scan_all(target, "copy-a")) == normalise_all(scan_all(source, "source"))
+
+    source.update_continuous_backups(TableName="source",
+                                     PointInTimeRecoverySpecification={"PointInTimeRecoveryEnabled": False})
+    assert seed_cmd.run(args) == seed_cmd.EXIT_REFUSED
+    assert "update-continuous-backups" in capsys.readouterr().err
