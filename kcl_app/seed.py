@@ -258,3 +258,6 @@ def _write(exports: TableExports, export: ExportState, source_table: str, spec: 
         getattr(fenced, "close", lambda: None)()
     if errors:
         raise errors[0]
+    if export.items is not None and report.read != export.items:
+        raise ExportProblem(f"the data files of export {export.arn} hold {report.read:,} lines, its description "
+                            f"{export.items:,} items: the export is incomplete or altered; rerun the seed")

@@ -37,6 +37,7 @@ import time
 import uuid
 from collections import defaultdict
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 
 from tablesync_local.items import item_size
@@ -174,6 +175,16 @@ def _iso(epoch: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(epoch)) + f".{int(epoch * 1000) % 1000:03d}Z"
 
 
+def _epoch(value: Any) -> float | None:
+    """A request timestamp as epoch seconds: moto parses it to a datetime, or leaves the wire number."""
+    if isinstance(value, datetime):
+        return value.timestamp()
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
 def _export_response(self: Any) -> Any:
     from moto.core.responses import ActionResult
     from moto.dynamodb.models.utilities import dynamo_json_dump
@@ -194,7 +205,9 @@ def _export_response(self: Any) -> Any:
     if export_type != "FULL_EXPORT":
         raise _client_error("ValidationException", f"the emulator makes FULL_EXPORT exports only, not {export_type}")
     now = time.time()
-    export_time = float(body.get("ExportTime", now))
+    export_time = _epoch(body.get("ExportTime", now))
+    if export_time is None:
+        raise _client_error("ValidationException", f"ExportTime is not a time: {body.get('ExportTime')!r}")
     if export_time > now + EXPORT_TIME_TOLERANCE:
         raise _client_error("InvalidExportTimeException", "ExportTime is in the future")
     if export_time < now - EXPORT_TIME_TOLERANCE:
