@@ -311,6 +311,7 @@ def test_untrusted_export_files_fail_lines_not_the_seed_and_foreign_keys_are_ref
     report = seed(Again(source, s3, clock), DynamoImports(target, clock), "source", spec, clock, bucket=BUCKET,
                   prefix="u", poll=0.1)
     assert report.written == 10 and report.failed == 4 and not report.ok
+    assert "hold 14 lines, its description 10 items" in report.problem
     assert all(k.startswith(data) for k in report.failed_keys), "failed lines are named by file and line"
 
     files_key = f"{export.folder}/manifest-files.json"
