@@ -63,13 +63,14 @@ def main() -> int:
     from kcl_app.adapters.clock import SystemClock
     from kcl_app.adapters.export import DynamoImports, S3Exports
     from kcl_app.adapters.ledger import ensure_ledger
-    from kcl_app.backfill import BackfillState, TargetSpec, backfill
+    from kcl_app.adapters.scan import TargetSpec
+    from kcl_app.backfill import BackfillState, backfill
     from kcl_app.compose import boto_config
     from kcl_app.core.plan import TargetRule
-    from kcl_app.local import moto_fixes
-    from kcl_app.local.moto_fixes import export as emulator
     from kcl_app.seed import seed
     from kcl_app.verify import Verifier
+    from tablesync_local import moto_fixes
+    from tablesync_local.moto_fixes import export as emulator
 
     moto_fixes.install()
     clock = SystemClock()

@@ -38,7 +38,7 @@ BUCKET = "seed-exports"
 
 def source_reads() -> float:
     """What the emulator charged the source table for reads so far."""
-    from kcl_app.local.moto_fixes import export
+    from tablesync_local.moto_fixes import export
 
     return export.read_units("source", region=SOURCE_REGION)
 
@@ -158,7 +158,7 @@ def pipeline_for(specs: dict[str, TargetSpec], clock: Any, sink: DirectoryDeadLe
 @pytest.mark.parametrize("parallel", [1, 3])
 def test_seed_by_writes_into_existing_targets_while_the_source_changes(clock, tmp_path: Path, parallel: int,
                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    from kcl_app.local.moto_fixes import export as emulator_export
+    from tablesync_local.moto_fixes import export as emulator_export
 
     monkeypatch.setattr(emulator_export, "ITEMS_PER_DATA_FILE", 150)
     source, live, stream_start = live_source(600)  # 4 or 5 data files in the emulator's export
@@ -209,7 +209,7 @@ def test_seed_by_writes_into_existing_targets_while_the_source_changes(clock, tm
 
 @pytest.mark.usefixtures("moto")
 def test_seed_by_import_into_a_new_target_while_the_source_changes(clock, tmp_path: Path) -> None:
-    from kcl_app.local.moto_fixes import export as emulator_export
+    from tablesync_local.moto_fixes import export as emulator_export
 
     source, live, stream_start = live_source(300)
     target = boto3.client("dynamodb", region_name=TARGET_REGION)

@@ -75,7 +75,7 @@ def test_exports_the_emulator_cannot_make_are_refused() -> None:
 
 @pytest.mark.usefixtures("moto")
 def test_read_units_are_counted_for_reads_and_not_for_writes() -> None:
-    from kcl_app.local.moto_fixes import export
+    from tablesync_local.moto_fixes import export
 
     dynamodb = boto3.client("dynamodb", region_name=REGION)
     _table(dynamodb, "t")
