@@ -69,6 +69,14 @@ def _charge(backend: Any, table: str, items: list[Any], minimum: float) -> None:
         _read_units[(backend.account_id, backend.region_name, table)] += max(minimum, math.ceil(size / 4096))
 
 
+def _moto_lock() -> Any:
+    """The emulator's lock around moto state (held by the server around every request): the export's
+    and the import's background threads take it for each touch of moto's S3 and DynamoDB state."""
+    from tablesync_local.destination import EMULATOR_LOCK
+
+    return EMULATOR_LOCK
+
+
 def _client_error(code: str, message: str) -> Exception:
     from moto.dynamodb.exceptions import MockValidationException
 
@@ -116,7 +124,8 @@ class _Export(threading.Thread):
 
         try:
             s3 = s3_backends[self.owner][get_partition(self.backend.region_name)]
-            s3.get_bucket(self.s3_bucket)
+            with _moto_lock():
+                s3.get_bucket(self.s3_bucket)
         except Exception:  # noqa: BLE001 - the service reports this on the export, not the request
             self._fail("S3NoSuchBucket", "The specified bucket does not exist")
             return
@@ -139,12 +148,14 @@ class _Export(threading.Thread):
             lines = "".join(item + "\n" for item in chunk)
             body = gzip.compress(lines.encode("utf-8"))
             key = f"{self.folder}/data/{uuid.uuid4().hex}.json.gz"
-            s3.put_object(self.s3_bucket, key, body)
+            with _moto_lock():
+                s3.put_object(self.s3_bucket, key, body)
             self.billed_bytes += len(lines)
             files.append({"itemCount": len(chunk), "md5Checksum": hashlib.md5(body).hexdigest(),  # noqa: S324
                           "dataFileS3Key": key})
         files_key = f"{self.folder}/manifest-files.json"
-        s3.put_object(self.s3_bucket, files_key, "".join(json.dumps(f) + "\n" for f in files).encode())
+        with _moto_lock():
+            s3.put_object(self.s3_bucket, files_key, "".join(json.dumps(f) + "\n" for f in files).encode())
         self.end_time = time.time()
         summary = {"version": "2020-06-30", "exportArn": self.arn, "startTime": _iso(self.start_time),
                    "endTime": _iso(self.end_time), "tableArn": self.table.table_arn,
@@ -152,7 +163,8 @@ class _Export(threading.Thread):
                    "manifestFilesS3Key": files_key, "billedSizeBytes": self.billed_bytes,
                    "itemCount": self.item_count, "outputFormat": self.export_format,
                    "exportType": self.export_type}
-        s3.put_object(self.s3_bucket, self.manifest, json.dumps(summary).encode())
+        with _moto_lock():
+            s3.put_object(self.s3_bucket, self.manifest, json.dumps(summary).encode())
         self.items = []
         self.status = "COMPLETED"
 
@@ -240,22 +252,23 @@ def _process_s3_files(self: Any, s3_backend: Any, bucket: Any) -> None:
     from moto.dynamodb.models import dynamodb_backends
 
     dynamo = dynamodb_backends[self.account_id][self.region_name]
-    with _ddb._WRITE_LOCK:  # noqa: SLF001
+    with _moto_lock(), _ddb._WRITE_LOCK:  # noqa: SLF001
         self.table = dynamo.create_table(
             name=self.table_name, billing_mode=self.billing_mode, throughput=self.throughput,
             schema=self.key_schema, global_indexes=self.global_indexes, indexes=None, attr=self.attrs,
             sse_specification=None, streams=None, tags=[], deletion_protection_enabled=False,
             warm_throughput=None)
         dynamo.tables.pop(self.table_name)
-    keys, _, _, _ = s3_backend.list_objects(bucket, prefix=self.s3_source.get("S3KeyPrefix"), delimiter=None,
-                                            marker=None, max_keys=None)
-    for key in keys:
-        raw = key.value
+    with _moto_lock():
+        keys, _, _, _ = s3_backend.list_objects(bucket, prefix=self.s3_source.get("S3KeyPrefix"), delimiter=None,
+                                                marker=None, max_keys=None)
+        objects = [(key.name, key.value) for key in keys]
+    for name, raw in objects:  # into the unpublished table: nothing else can reach it
         try:
             text = (gzip.decompress(raw) if self.compression_type == "GZIP" else raw).decode("utf-8")
         except (OSError, UnicodeDecodeError) as exc:
             self.error_count += 1
-            self.failure_message = f"{key.name}: {exc}"
+            self.failure_message = f"{name}: {exc}"
             continue
         for line in text.splitlines():
             if not line.strip():
@@ -268,7 +281,7 @@ def _process_s3_files(self: Any, s3_backend: Any, bucket: Any) -> None:
             except Exception as exc:  # noqa: BLE001 - counted and skipped, as the service does
                 self.error_count += 1
                 self.failure_message = str(exc)
-    with _ddb._WRITE_LOCK:  # noqa: SLF001
+    with _moto_lock(), _ddb._WRITE_LOCK:  # noqa: SLF001
         if self.table_name in dynamo.tables:
             self.status, self.failure_code = "FAILED", "ResourceInUseException"
             self.failure_message = f"Table already exists: {self.table_name}"
