@@ -60,6 +60,7 @@ log = logging.getLogger("tablesync.seed")
 Way = Literal["import", "write"]
 BATCH_ITEMS = 100
 FAILED_KEYS_KEPT = 100
+PROGRESS_ITEMS = 50_000
 
 
 class SeedRefused(ExportProblem):
@@ -214,6 +215,7 @@ def _write(exports: TableExports, export: ExportState, source_table: str, spec: 
         outcome = writer.write(shaped)
         failed = bad + failed + outcome.failed
         with lock:
+            before = report.read
             report.read += len(items) + len(bad)
             report.written += outcome.written
             report.skipped += outcome.skipped
@@ -223,6 +225,9 @@ def _write(exports: TableExports, export: ExportState, source_table: str, spec: 
             report.failed_keys += [k for k, _ in failed[:max(0, room)]]
             for where, why in failed[:3]:
                 log.error("target %s: %s: %s", spec.name, where, why)
+            if report.read // PROGRESS_ITEMS != before // PROGRESS_ITEMS:
+                progress(f"seed: {report.read:,} items read, written {report.written:,}, skipped "
+                         f"{report.skipped:,}, failed {report.failed:,}")
 
     def run_file(data_file: str) -> None:
         batch: list[Item] = []
