@@ -25,6 +25,7 @@ from botocore.credentials import AssumeRoleCredentialFetcher, DeferredRefreshabl
 
 from kcl_app.adapters.clock import SystemClock
 from kcl_app.adapters.dead_letters import DirectoryDeadLetters, RoutedDeadLetters, S3Payloads, SqsDeadLetters
+from kcl_app.adapters.export import DynamoImports, S3Exports
 from kcl_app.adapters.inline import InlineWriter
 from kcl_app.adapters.ledger import LedgerWriter, ensure_ledger
 from kcl_app.adapters.metrics import EmfMetrics
@@ -152,6 +153,15 @@ def source_kinesis(config: Config) -> KinesisClient:
     """A Kinesis client for the source side (its stream is in the source's region)."""
     return base_session().client("kinesis", region_name=config.source_region or default_region(),
                                  endpoint_url=config.source_endpoint_url, config=boto_config())
+
+
+def seed_ports(config: Config, target: TargetConfig, clock: Clock) -> tuple[S3Exports, DynamoImports]:
+    """The clients of `tablesync seed`: the export and its S3 bucket on the source side (the worker's
+    credentials, `[source]` region and endpoint), ImportTable in the target's account and region."""
+    region = config.source_region or default_region()
+    s3 = base_session().client("s3", region_name=region, endpoint_url=config.source_endpoint_url,
+                               config=boto_config(timeout=60.0))
+    return S3Exports(source_dynamodb(config, max_pool=16), s3, clock), DynamoImports(dynamodb_client(target), clock)
 
 
 def target_specs(config: Config, names: Sequence[str] | None, source_table: str | None = None,

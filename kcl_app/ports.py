@@ -8,6 +8,7 @@ from functools import cached_property
 from typing import Literal, Protocol
 
 from kcl_app.core.attrs import Item
+from kcl_app.core.errors import ReplicationError
 from kcl_app.core.fence import NEWER_THAN_SEEN, Guard
 from kcl_app.core.plan import Write
 from kcl_app.core.versions import Version
@@ -179,3 +180,96 @@ class Clock(Protocol):
     def monotonic(self) -> float: ...
 
     def sleep(self, seconds: float) -> None: ...
+
+
+# -- seeding from a table export ----------------------------------------------------------------
+class ExportProblem(ReplicationError):
+    """An export or an import could not be made or read; the message says what to do."""
+
+
+class PitrDisabled(ExportProblem):
+    """The source table has no point-in-time recovery, which every export is made from."""
+
+
+@dataclass(frozen=True)
+class KeyAttribute:
+    name: str
+    key_type: Literal["HASH", "RANGE"]
+    attribute_type: Literal["S", "N", "B"]
+
+
+@dataclass(frozen=True)
+class ExportState:
+    """One table export as the service describes it. `export_time` (epoch seconds) is the instant
+    the snapshot is of; `folder` the S3 key prefix its manifests and data files are under."""
+
+    arn: str
+    status: Literal["IN_PROGRESS", "COMPLETED", "FAILED"]
+    bucket: str
+    folder: str
+    export_time: float | None = None
+    items: int | None = None
+    failure: str | None = None
+
+
+@dataclass(frozen=True)
+class ImportState:
+    arn: str
+    status: Literal["IN_PROGRESS", "COMPLETED", "FAILED", "CANCELLING", "CANCELLED"]
+    processed: int = 0
+    imported: int = 0
+    errors: int = 0
+    failure: str | None = None
+
+
+@dataclass(frozen=True)
+class ExportLine:
+    """One line of an export data file: the item, or why the line is not one (`item` None)."""
+
+    where: str
+    item: Item | None
+    problem: str = ""
+
+
+class TableExports(Protocol):
+    """The source side of seeding: exports of a table to S3 and reading them back."""
+
+    def key_schema(self, table: str) -> tuple[KeyAttribute, ...]:
+        """The table's key attributes, partition key first."""
+        ...
+
+    def start(self, table: str, bucket: str, prefix: str, bucket_owner: str | None = None) -> ExportState:
+        """Request a full export of `table` as of now (DYNAMODB_JSON). Raises PitrDisabled or ExportProblem."""
+        ...
+
+    def describe(self, export: ExportState) -> ExportState:
+        """The export's current state."""
+        ...
+
+    def data_files(self, export: ExportState) -> list[str]:
+        """The S3 keys of a COMPLETED export's data files, from its manifests (only keys inside the
+        export's folder are accepted). Raises ExportProblem."""
+        ...
+
+    def lines(self, export: ExportState, data_file: str) -> Iterator[ExportLine]:
+        """Every line of one data file, in order. Raises ExportProblem when the file cannot be read."""
+        ...
+
+
+class TableImports(Protocol):
+    """The target side of seeding: ImportTable into a new table, in the target's account and region."""
+
+    def exists(self, table: str) -> bool:
+        ...
+
+    def holds_items(self, table: str) -> bool:
+        """Whether the (existing) table holds at least one item, by a one-item read."""
+        ...
+
+    def start(self, export: ExportState, table: str, key: tuple[KeyAttribute, ...],
+              bucket_owner: str | None = None) -> ImportState:
+        """Create `table` from the export's data files (no write units). Raises ExportProblem."""
+        ...
+
+    def describe(self, state: ImportState) -> ImportState:
+        ...

@@ -35,6 +35,8 @@ What the WSGI layer (:class:`EmulatorApp`) adds in front of moto, and why:
      POST /_tablesync/ttl-expire                 {"TableName", "Region"?, "Key"?, "Now"?}
                                                   -> {"Expired": [keys]}: the given key, or
                                                   every item whose TTL attribute is due
+     GET  /_tablesync/read-units?TableName=T&Region=R  -> {"ReadUnits": x}: what the table's
+                                                  reads were charged (moto_fixes.export)
      POST /_tablesync/reset                      moto reset + destinations forgotten
 
    ``POST /moto-api/reset`` (moto's own) also forgets the destinations.
@@ -64,6 +66,7 @@ from typing import Any
 from urllib.parse import parse_qs
 
 from tablesync_local import destination
+from tablesync_local.moto_fixes import export
 
 log = logging.getLogger(__name__)
 
@@ -161,6 +164,7 @@ class EmulatorApp:
 
                 moto_api_backend.reset()
                 destination.reset()
+                export.reset_read_units()
             return ok, {"reset": True}
         if method == "POST" and route == "/destination/flush":
             destination.flush()
@@ -173,6 +177,8 @@ class EmulatorApp:
             return ok, {"TableName": table, **config.__dict__}
         if route == "/destination/stats":
             return ok, destination.stats(args["TableName"], **where)
+        if route == "/read-units":
+            return ok, {"ReadUnits": export.read_units(args["TableName"], where["account"], where["region"])}
         if method == "POST" and route == "/ttl-expire":
             table = args["TableName"]
             if "Key" in args:

@@ -209,6 +209,11 @@ class LocalStack:
         result: dict[str, int] = call(self.endpoint, f"/_tablesync/destination/stats?{query}")
         return result
 
+    def read_units(self, table: str, region: str = DEFAULT_REGION) -> float:
+        """The read units DynamoDB would have charged ``table`` for the reads served since the last reset."""
+        query = urllib.parse.urlencode({"TableName": table, "Region": region})
+        return float(call(self.endpoint, f"/_tablesync/read-units?{query}")["ReadUnits"])
+
     def flush(self) -> None:
         call(self.endpoint, "/_tablesync/destination/flush", {})
 

@@ -50,7 +50,8 @@ def test_version_names_the_installed_distribution(bare_env: dict[str, str]) -> N
 REQUIRED = {"run": ["--properties", "p", "--config", "c"], "status": ["--app", "a"],
             "backfill": ["--config", "c", "--source-table", "t"], "verify": ["--config", "c"],
             "redrive": ["--config", "c", "--target", "x"], "demo": [], "local": ["info"],
-            "parked": ["list", "--config", "c"]}
+            "parked": ["list", "--config", "c"],
+            "seed": ["--config", "c", "--target", "x", "--bucket", "b"]}
 
 
 @pytest.mark.parametrize("command", COMMANDS)
