@@ -5,15 +5,14 @@ starts at a position *before* the scan begins; a scanned item is written to a ta
 that target has never seen the key. In `exact` mode "never seen" means no ledger row (no version,
 no tombstone); the ledger row written by the backfill carries `Version(0, "backfill")`, older than
 any stream change, so every change the stream delivers later still wins. In `inline` mode it
-means no item (`attribute_not_exists(<partition key>)`), see docs/backfill.md for what that
-weaker test cannot see.
+means no item and no delete tombstone (kcl_app/adapters/inline.py).
 
 Steps of one page (one segment of a parallel Scan, `ConsistentRead=True`):
 
 1. scan the page (after taking its read units from the read bucket);
 2. shape each item for each target (projection, transform), as the stream path would;
 3. write, per target, through its fenced writer with the `NeverSeen` guard (exact: transactions of up
-   to 50 ledger Put + item Put pairs; inline: one conditional PutItem per item); a write whose
+   to 50 ledger Put + item Put pairs; inline: one tombstone ConditionCheck + item Put per item); a write whose
    condition failed is *skipped: the stream already had it*;
 4. save the segment's progress (LastEvaluatedKey, counts) atomically in the state file;
 5. report progress; a rerun resumes every unfinished segment from its saved key.
@@ -174,9 +173,9 @@ class UnseenWriter:
         self.per_call = MAX_ACTIONS // (2 if spec.mode == "exact" else 1)
 
     def _units(self, writes: Sequence[Write]) -> float:
-        # exact: a transaction (2 units per KB of the item, 2 for the ledger row); inline: 1 unit per KB
-        per_kb, ledger = (2.0, 2.0) if self.spec.mode == "exact" else (1.0, 0.0)
-        return sum(per_kb * max(1, math.ceil(item_size(w.item or {}) / 1024)) + ledger for w in writes)
+        # a transaction in both modes: 2 units per KB of the item, 2 for the ledger row (exact) or for the
+        # ConditionCheck of the tombstone (inline)
+        return sum(2.0 * max(1, math.ceil(item_size(w.item or {}) / 1024)) + 2.0 for w in writes)
 
     def write(self, writes: Sequence[Write]) -> WriteOutcome:
         out = WriteOutcome()

@@ -26,7 +26,7 @@ from botocore.credentials import AssumeRoleCredentialFetcher, DeferredRefreshabl
 from kcl_app.adapters.clock import SystemClock
 from kcl_app.adapters.dead_letters import DirectoryDeadLetters, RoutedDeadLetters, S3Payloads, SqsDeadLetters
 from kcl_app.adapters.export import DynamoImports, S3Exports
-from kcl_app.adapters.inline import InlineWriter
+from kcl_app.adapters.inline import InlineWriter, ensure_tombstones
 from kcl_app.adapters.ledger import LedgerWriter, ensure_ledger
 from kcl_app.adapters.metrics import EmfMetrics
 from kcl_app.adapters.scan import TargetSpec
@@ -164,18 +164,23 @@ def seed_ports(config: Config, target: TargetConfig, clock: Clock) -> tuple[S3Ex
     return S3Exports(source_dynamodb(config, max_pool=16), s3, clock), DynamoImports(dynamodb_client(target), clock)
 
 
+def fence_table_of(target: TargetConfig) -> str:
+    """The table beside the target that holds its fence: the ledger (exact) or the tombstones (inline)."""
+    return target.tombstones if target.mode == "inline" else target.ledger
+
+
 def target_specs(config: Config, names: Sequence[str] | None, source_table: str | None = None,
                  prepare: bool = False) -> list[TargetSpec]:
     """TargetSpecs (what backfill and verify scan with) for the named targets (all when None),
-    optionally only those of `source_table`; `prepare` creates missing ledgers first."""
+    optionally only those of `source_table`; `prepare` creates missing ledgers (tombstone tables) first."""
     chosen = [config.target(n) for n in names] if names else list(config.targets)
     if source_table is not None:
         chosen = [t for t in chosen if t.source_table == source_table]
     specs = []
     for target in chosen:
         client = dynamodb_client(target)
-        if prepare and target.mode == "exact" and target.create_ledger:
-            ensure_ledger(client, target.ledger)
+        if prepare and target.create_ledger:
+            (ensure_ledger if target.mode == "exact" else ensure_tombstones)(client, fence_table_of(target))
         specs.append(TargetSpec.from_config(target, config, client))
     return specs
 
@@ -204,15 +209,18 @@ def lease_clients(region: str | None = None, endpoint_url: str | None = None) ->
 def make_writer(target: TargetConfig, config: Config, clock: Clock, client: DynamoDBClient | None = None,
                 prepare: bool = True) -> TargetWriter:
     client = client or dynamodb_client(target)
-    if target.mode == "inline":
-        return InlineWriter(target.name, client, target.table, clock, target.version_attribute,
-                            max_concurrency=max(4, target.max_concurrency * 4))
+    inline = target.mode == "inline"
+    fence_table = fence_table_of(target)
     if prepare and target.create_ledger:
         try:
-            ensure_ledger(client, target.ledger)
+            (ensure_tombstones if inline else ensure_ledger)(client, fence_table)
         except Exception as exc:  # the target may be down at start: its writes will park
-            log.warning("target %s: cannot prepare ledger %s now (%s); changes will park until it exists",
-                        target.name, target.ledger, exc)
+            log.warning("target %s: cannot prepare %s now (%s); changes will park until it exists",
+                        target.name, fence_table, exc)
+    if inline:
+        return InlineWriter(target.name, client, target.table, clock, target.version_attribute,
+                            max_concurrency=max(4, target.max_concurrency * 4), tombstone_table=fence_table,
+                            tombstone_ttl_seconds=config.tombstone_ttl_seconds)
     return LedgerWriter(target.name, client, target.table, target.ledger, clock,
                         tombstone_ttl_seconds=config.tombstone_ttl_seconds,
                         max_concurrency=target.max_concurrency)

@@ -9,7 +9,8 @@ The environment-only shortcut (no file) configures one target::
     TABLESYNC_SOURCE_TABLE=orders TABLESYNC_TARGET_TABLE=orders-copy TABLESYNC_TARGET_REGION=eu-west-1
 
 optional: TABLESYNC_TARGET_NAME, TABLESYNC_TARGET_ENDPOINT, TABLESYNC_TARGET_ROLE_ARN,
-TABLESYNC_TARGET_EXTERNAL_ID, TABLESYNC_TARGET_MODE, TABLESYNC_DEAD_LETTER_DIR.
+TABLESYNC_TARGET_EXTERNAL_ID, TABLESYNC_TARGET_MODE, TABLESYNC_DEAD_LETTER_DIR,
+TABLESYNC_STREAM_RETENTION_HOURS (required with TABLESYNC_TARGET_MODE=inline).
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ class TargetConfig:
     external_id: str | None = None
     mode: Mode = "exact"
     ledger_table: str | None = None
+    tombstone_table: str | None = None
     create_ledger: bool = True
     version_attribute: str = "_tablesync_version"
     ttl_deletes: Literal["replicate", "skip"] = "replicate"
@@ -71,6 +73,11 @@ class TargetConfig:
     @property
     def ledger(self) -> str:
         return self.ledger_table or f"{self.table}.tablesync-ledger"
+
+    @property
+    def tombstones(self) -> str:
+        """The delete tombstones of an `inline` target (same account and region as the target)."""
+        return self.tombstone_table or f"{self.table}.tablesync-tombstones"
 
     def rule(self) -> TargetRule:
         return TargetRule(
@@ -248,6 +255,10 @@ def parse(doc: Mapping[str, Any], origin: str = "<config>") -> Config:
     for key in tables:
         if tables.count(key) > 1:
             raise r.fail("targets", f"two targets write the same table {key[2]!r} in {key[0]}")
+    if "stream_retention_hours" not in doc and any(t.mode == "inline" for t in targets):
+        raise r.fail("stream_retention_hours", "required with an inline target: set it to the stream's retention "
+                     "(inline delete tombstones expire after it + tombstone_margin_hours; a change older than a "
+                     "delete that arrives later than that could re-create the item)")
     retention = float(r.get(doc, "stream_retention_hours", (int, float), "", 24.0))
     if not 24 <= retention <= 8760:
         raise r.fail("stream_retention_hours", f"must be between 24 and 8760 (Kinesis limits), got {retention}")
@@ -371,6 +382,7 @@ def _target(r: _Reader, raw: Mapping[str, Any], loc: Callable[[str], str], dlq: 
         external_id=external_id,
         mode=mode,
         ledger_table=ledger_table,
+        tombstone_table=_tombstone_table(r, raw, loc, table, mode),
         create_ledger=r.get(raw, "create_ledger", bool, loc, True),
         version_attribute=version_attribute,
         ttl_deletes=r.get(raw, "ttl_deletes", str, loc, "replicate", ("replicate", "skip")),
@@ -389,6 +401,16 @@ def _target(r: _Reader, raw: Mapping[str, Any], loc: Callable[[str], str], dlq: 
             payload_prefix=r.get(dlq, "payload_prefix", str, dloc, "tablesync/dead-letters/"),
         ),
     )
+
+
+def _tombstone_table(r: _Reader, raw: Mapping[str, Any], loc: Callable[[str], str], table: str,
+                     mode: str) -> str | None:
+    name: str | None = r.get(raw, "tombstone_table", str, loc, None)
+    if mode == "inline" and not _TABLE_NAME.match(name or f"{table}.tablesync-tombstones"):
+        problem = (f"{name!r} is not a valid DynamoDB table name" if name else
+                   f"the default {table!r} + '.tablesync-tombstones' is longer than 255 characters: set it")
+        raise r.fail(loc("tombstone_table"), problem)
+    return name
 
 
 def load(path: str | os.PathLike[str]) -> Config:
@@ -421,10 +443,16 @@ def from_env(env: Mapping[str, str]) -> Config:
                      ("external_id", "TABLESYNC_TARGET_EXTERNAL_ID"), ("mode", "TABLESYNC_TARGET_MODE")):
         if env.get(var):
             target[key] = env[var]
+    doc: dict[str, Any] = {"targets": [target]}
+    if env.get("TABLESYNC_STREAM_RETENTION_HOURS"):
+        try:
+            doc["stream_retention_hours"] = float(env["TABLESYNC_STREAM_RETENTION_HOURS"])
+        except ValueError:
+            raise ConfigError("environment", "TABLESYNC_STREAM_RETENTION_HOURS: must be a number of hours") from None
     if env.get("TABLESYNC_DEAD_LETTER_DIR"):
         target["dead_letter"] = {"kind": "dir", "path": env["TABLESYNC_DEAD_LETTER_DIR"]}
     if not target["source_table"]:
         raise ConfigError("environment", "TABLESYNC_SOURCE_TABLE: required")
     if not target["region"]:
         raise ConfigError("environment", "TABLESYNC_TARGET_REGION: required")
-    return parse({"targets": [target]}, "environment")
+    return parse(doc, "environment")

@@ -9,11 +9,11 @@ one, so that one entry's failure never keeps the others in the store. A settled 
 is counted once per pass that settled or re-parked it.
 
 Replaying an old change is only safe while the fence still remembers every newer change of its
-key. In `exact` mode a delete's tombstone lives for the tombstone TTL; once it has expired, a
+key. A delete's tombstone (the ledger's in `exact` mode, the tombstone table's in `inline` mode)
+lives for the tombstone TTL; once it has expired, a
 replayed older put would re-create an item the source has deleted. So an entry older than the
 target's tombstone TTL is not replayed: its key is settled from the source's current item through
-the verifier's fenced repair (`reread`). `inline` mode keeps no tombstones at all, so every entry
-of an inline target is settled that way.
+the verifier's fenced repair (`reread`).
 
 A change that fails again is parked again as a further attempt of its entry: it keeps the entry's
 first parked time, its attempt count goes up by one, and the report counts it as `reparked` (not
@@ -64,7 +64,7 @@ class Reread:
     "repaired", "superseded" (a newer change got there first: settled too) or "failed"; None
     leaves such entries in the store (the stream-wide stores, whose records concern every target:
     `verify --repair` or a backfill settles their keys). `max_age_seconds` None means every entry
-    is re-read (inline mode)."""
+    is re-read."""
 
     repair: Callable[[Item], str] | None
     clock: Clock
@@ -288,7 +288,7 @@ def _classify(raw: RawRecord, seen: Callable[[Item, str], Version | None] | None
     if reread is not None and reread.key_to_reread(raw) is not None:
         if reread.repair is None:
             return "left", "older than the tombstone TTL: settle it with verify --repair or a backfill"
-        return "reread", "older than the tombstone TTL (or an inline target): settled from the source's item"
+        return "reread", "older than the tombstone TTL: settled from the source's item"
     if seen is None:
         return "unknown", "replayed through every target"
     try:

@@ -22,7 +22,8 @@ read. Exact mode, per divergent key:
 3. a failed condition means a newer change landed in between: counted `superseded`, untouched.
 
 V' sorts just above V: any change with a later timestamp still wins over the repair, any change
-that V already beat still loses. Inline mode does the same with the item's version attribute.
+that V already beat still loses. Inline mode does the same with the item's version attribute (or,
+for an absent item, its tombstone's version).
 """
 
 from __future__ import annotations
@@ -446,9 +447,10 @@ class Verifier:
         deadline = self.clock.monotonic() + self.repair_budget
         exists, seen = writer.seen(key, kid, deadline)  # 1
         if spec.mode == "inline" and not exists and desired is None:
-            return "repaired"  # nothing to delete, and inline keeps no tombstone
+            return "repaired"  # the item is already absent (an inline StillAt delete needs the item at `seen`)
         version = repair_version(seen)
-        change = Change(table=self.source_table, event="REMOVE" if desired is None else "MODIFY", key=key,
+        event = "REMOVE" if desired is None else ("MODIFY" if exists else "INSERT")
+        change = Change(table=self.source_table, event=event, key=key,
                         key_id=kid, new_image=desired, version=version, ttl_delete=False, event_id=REPAIR_SUFFIX)
         result = writer.apply([Write(spec.name, key, kid, version, desired, change, ())], deadline, StillAt(seen))  # 2
         if result.applied:

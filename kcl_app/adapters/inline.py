@@ -1,60 +1,115 @@
-"""`inline` mode: the version is an attribute of the target item; one conditional call per change.
+"""`inline` mode: the version is an attribute of the target item; deletes leave a tombstone beside it.
 
-Cheaper than `exact` (about 1 write unit per change instead of about 4) with a weaker guarantee,
-stated precisely:
+The one owner of inline mode's fence: the item's version attribute, the tombstone table's rows
+`{k: tombstone key, v: version token, exp: expiry}` and every inline condition expression appear in
+this module only (`condition()` builds them all). Every inline write (stream, backfill, repair,
+redrive) goes through `InlineWriter.apply` with a guard from `kcl_app.core.fence`.
 
-* Puts are fenced: the item's version attribute must be absent or older, so a stale or duplicate
-  put never overwrites a newer item.
-* Deletes are fenced against newer items the same way, but a delete leaves no tombstone. A put
-  that is *older* than an applied delete and arrives *after* it (a replay, a reordered record,
-  a late redrive) re-creates the item with its old content. The target then differs from the
-  source until a newer change of that key arrives or `tablesync verify --repair` runs.
-* Target items carry one extra attribute (default `_tablesync_version`); `verify` ignores it.
+The tombstone table has the ledger's schema (partition key `k`, TTL on `exp`), lives in the target's
+account and region, and is written only by deletes. Three paths, one call each:
 
-Use `exact` unless replays and reordering across deletes cannot happen or do not matter.
+1. *update* (a put of a key the target holds): PutItem of the item plus its version attribute on
+   `attribute_exists(<pk>) AND (the item's version is older)`: one write unit per KB, no transaction.
+2. *create* (a put of a key the target does not hold): TransactWriteItems of a ConditionCheck on the
+   tombstone (absent or older) and the Put of the item on `attribute_not_exists(<pk>)`.
+3. *delete*: TransactWriteItems of the Put of the tombstone (absent or older) and the Delete of the
+   item (absent, or its version older).
 
-The one owner of inline mode's conditions: every inline write (stream, backfill, repair, redrive)
-goes through `InlineWriter.apply` with a guard from `kcl_app.core.fence`, turned into a condition by
-`condition()` alone (the place where a tombstone check would be added):
+A put starts on the update path (on the create path for an INSERT record, or for the backfill);
+a failed update condition that returns no item means the item is absent, so the put goes on by the
+create path; a create whose item condition fails (the item appeared) goes back to the update path.
 
-1. `NewerThanSeen`: the version attribute is absent or older than the write's version;
-   `NeverSeen`: the item is absent; `StillAt(V)`: the version attribute equals V (absent for None).
-2. One PutItem (the item plus its version attribute) or DeleteItem per write, concurrently. No write
-   is started once the deadline has passed.
-3. A failed condition settles the write as `duplicate` (same version seen, stream guard only) or
-   `stale`; an `invalid` error (or any exception building or sending the call) fails it at once;
-   transient and unavailable errors are retried with backoff until the deadline, then fail with
-   the last error.
+Why it is safe. Call the key's *fence* F the item's version while the item exists, else the
+tombstone's version (none if neither). Invariant: while the item exists, its version is newer than
+any tombstone of its key (an item is only created by path 2, over an older tombstone, and only
+raised by path 1; a tombstone is only written by path 3, which removes the item in the same
+transaction). Each path checks, atomically in its one call, that its version is newer than F:
+path 1 because the item exists (F is the item's version), path 2 because the item is absent and
+the tombstone older, path 3 on both. Each applied write sets F to its own version. So F only grows,
+every applied write is newer than everything applied before, and a key ends in the state of the
+newest change delivered, whatever the order, duplicates, replays or concurrent (zombie) writers:
+a change older than a delete is refused on the create path by the tombstone.
+
+The residual window, stated precisely: a tombstone expires (DynamoDB TTL, never before `exp`) the
+tombstone TTL (`stream_retention_hours` + `tombstone_margin_hours`) after its delete was applied.
+A change older than that delete that reaches the target *after* the tombstone expired re-creates the
+item. The stream cannot deliver one if `stream_retention_hours` is the stream's real retention; an
+older dead-letter entry is re-read from the source by redrive, not replayed. Items the target holds
+without a version attribute (not written by tablesync) count as older than any change.
+
+Outcomes: a failed condition settles the write as `duplicate` (same version seen, stream guard only)
+or `stale`; an `invalid` error (or any exception building or sending the call) fails it at once;
+transient and unavailable errors are retried with backoff until the deadline, then fail with the
+last error. No write is started once the deadline has passed.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, Literal
 
+from kcl_app.adapters.ledger import LEDGER_EXPIRES, LEDGER_KEY, LEDGER_VERSION, ensure_ledger
 from kcl_app.adapters.retry import describe
 from kcl_app.core.attrs import Item
 from kcl_app.core.fence import NEWER_THAN_SEEN, Guard, NeverSeen, NewerThanSeen, refusal
 from kcl_app.core.plan import Write
-from kcl_app.core.retry import READS, WRITES, Backoff, ErrorInfo, classify, until
+from kcl_app.core.retry import READS, WRITES, Backoff, ErrorInfo, classify, classify_reason, until
 from kcl_app.core.versions import Version
 from kcl_app.ports import ApplyResult, Clock
 
 log = logging.getLogger("tablesync.inline")
 
+Part = Literal["update", "create-item", "create-tombstone", "delete-item", "delete-tombstone"]
+Path = Literal["update", "create", "delete"]
+Expression = tuple[str, dict[str, str], dict[str, Any]]
+MAX_KEY_BYTES = 2048  # DynamoDB's partition key limit
+_FLIPS_WITHOUT_PAUSE = 2
 
-def condition(guard: Guard, write: Write, version_attribute: str) -> tuple[str, dict[str, str], dict[str, Any]]:
-    """(ConditionExpression, names, values) of the inline call for `guard` and `write`."""
+
+def tombstone_key(key_id: str) -> str:
+    """The tombstone row's key: the key id, or a digest of it when it exceeds DynamoDB's key limit
+    (a key id always starts with `{`, so the two forms cannot collide)."""
+    if len(key_id.encode("utf-8")) <= MAX_KEY_BYTES:
+        return key_id
+    return "#sha256:" + hashlib.sha256(key_id.encode("utf-8")).hexdigest()
+
+
+def ensure_tombstones(client: Any, table: str) -> bool:
+    """Create the tombstone table (the ledger's schema and TTL) if missing. True when created."""
+    return ensure_ledger(client, table)
+
+
+def _older(name: str) -> str:
+    return f"attribute_not_exists({name}) OR {name} < :v"
+
+
+def condition(guard: Guard, write: Write, version_attribute: str, part: Part) -> Expression:
+    """(ConditionExpression, names, values) of one action of an inline call (see the module docstring)."""
+    names = {"#va": version_attribute, "#pk": next(iter(write.key)), "#tv": LEDGER_VERSION, "#tk": LEDGER_KEY}
+    values: dict[str, Any] = {":v": {"S": write.version.token()}}
     if isinstance(guard, NewerThanSeen):
-        return ("attribute_not_exists(#va) OR #va < :va", {"#va": version_attribute},
-                {":va": {"S": write.version.token()}})
-    if isinstance(guard, NeverSeen):
-        return "attribute_not_exists(#pk)", {"#pk": next(iter(write.key))}, {}
-    if guard.seen is None:
-        return "attribute_not_exists(#va)", {"#va": version_attribute}, {}
-    return "#va = :seen", {"#va": version_attribute}, {":seen": {"S": guard.seen.token()}}
+        expr = {"update": f"attribute_exists(#pk) AND ({_older('#va')})", "create-item": "attribute_not_exists(#pk)",
+                "create-tombstone": _older("#tv"), "delete-item": _older("#va"),
+                "delete-tombstone": _older("#tv")}[part]
+    elif isinstance(guard, NeverSeen):
+        expr = "attribute_not_exists(#tk)" if part.endswith("tombstone") else "attribute_not_exists(#pk)"
+    else:  # StillAt: the fence still holds the version read before (the item's, or the tombstone's)
+        if guard.seen is not None:
+            values[":seen"] = {"S": guard.seen.token()}
+        held = {"update": "#va", "delete-item": "#va", "create-tombstone": "#tv"}.get(part)
+        if held is None:  # create-item: the item is absent; delete-tombstone: only an older one is replaced
+            expr = "attribute_not_exists(#pk)" if part == "create-item" else _older("#tv")
+        elif guard.seen is None:
+            expr = f"attribute_not_exists({held})"
+        else:
+            expr = f"{held} = :seen"
+        if part == "update":
+            expr = f"attribute_exists(#pk) AND {expr}"
+    used_values = {k: v for k, v in values.items() if k in expr}
+    return expr, {k: v for k, v in names.items() if k in expr}, used_values  # DynamoDB refuses unused ones
 
 
 class InlineWriter:
@@ -69,6 +124,9 @@ class InlineWriter:
         version_attribute: str = "_tablesync_version",
         backoff: Backoff | None = None,
         max_concurrency: int = 16,
+        *,
+        tombstone_table: str,
+        tombstone_ttl_seconds: float = 48 * 3600,
     ) -> None:
         self.name = name
         self.client = client
@@ -76,6 +134,8 @@ class InlineWriter:
         self.clock = clock
         self.version_attribute = version_attribute
         self.backoff = backoff or Backoff()
+        self.tombstone_table = tombstone_table
+        self.tombstone_ttl_seconds = tombstone_ttl_seconds
         self._pool = ThreadPoolExecutor(max(1, max_concurrency), thread_name_prefix=f"ts-{name}")
 
     def close(self) -> None:
@@ -92,44 +152,115 @@ class InlineWriter:
         return result
 
     def seen(self, key: Item, key_id: str, deadline: float) -> tuple[bool, Version | None]:
-        """(the item exists, the version it carries) by a consistent read."""
-        answer = until(self.clock, deadline,
-                       lambda: self.client.get_item(TableName=self.table, Key=key, ConsistentRead=True),
-                       describe, backoff=self.backoff, retry_on=READS)
-        item = answer.get("Item")
-        token = (item or {}).get(self.version_attribute, {}).get("S")
+        """(the item exists, the fence's version: the item's, else its tombstone's), by consistent reads."""
+        def read(table: str, k: Item) -> dict[str, Any] | None:
+            answer = until(self.clock, deadline,
+                           lambda: self.client.get_item(TableName=table, Key=k, ConsistentRead=True),
+                           describe, backoff=self.backoff, retry_on=READS)
+            found: dict[str, Any] | None = answer.get("Item")
+            return found
+
+        item = read(self.table, key)
+        if item is not None:
+            token = item.get(self.version_attribute, {}).get("S")
+        else:
+            row = read(self.tombstone_table, {LEDGER_KEY: {"S": tombstone_key(key_id)}})
+            token = (row or {}).get(LEDGER_VERSION, {}).get("S")
         return item is not None, (Version.from_token(token) if token is not None else None)
 
-    def _request(self, write: Write, guard: Guard) -> tuple[str, dict[str, Any]]:
-        expr, names, values = condition(guard, write, self.version_attribute)
-        common: dict[str, Any] = {"TableName": self.table, "ConditionExpression": expr,
-                                  "ExpressionAttributeNames": names, "ReturnValuesOnConditionCheckFailure": "ALL_OLD"}
+    # -- the requests of the three paths ---------------------------------------------------------
+    def _action(self, write: Write, guard: Guard, part: Part, body: dict[str, Any]) -> dict[str, Any]:
+        expr, names, values = condition(guard, write, self.version_attribute, part)
+        action = {**body, "ConditionExpression": expr, "ExpressionAttributeNames": names,
+                  "ReturnValuesOnConditionCheckFailure": "ALL_OLD"}
         if values:
-            common["ExpressionAttributeValues"] = values
-        if write.item is None:
-            return "delete_item", {**common, "Key": write.key}
-        item = {**write.item, self.version_attribute: {"S": write.version.token()}}
-        return "put_item", {**common, "Item": item}
+            action["ExpressionAttributeValues"] = values
+        return action
 
+    def _item(self, write: Write) -> dict[str, Any]:
+        return {**(write.item or {}), self.version_attribute: {"S": write.version.token()}}
+
+    def _tombstone(self, write: Write) -> dict[str, Any]:
+        return {LEDGER_KEY: {"S": tombstone_key(write.key_id)}}
+
+    def _request(self, write: Write, guard: Guard, path: Path) -> tuple[str, dict[str, Any]]:
+        """(client method, arguments) of `write` on `path`."""
+        if path == "update":
+            put = {"TableName": self.table, "Item": self._item(write)}
+            return "put_item", self._action(write, guard, "update", put)
+        if path == "create":
+            check = self._action(write, guard, "create-tombstone",
+                                 {"TableName": self.tombstone_table, "Key": self._tombstone(write)})
+            put = self._action(write, guard, "create-item", {"TableName": self.table, "Item": self._item(write)})
+            return "transact_write_items", {"TransactItems": [{"ConditionCheck": check}, {"Put": put}]}
+        row = {**self._tombstone(write), LEDGER_VERSION: {"S": write.version.token()},
+               LEDGER_EXPIRES: {"N": str(int(self.clock.now() + self.tombstone_ttl_seconds))}}
+        tomb = self._action(write, guard, "delete-tombstone", {"TableName": self.tombstone_table, "Item": row})
+        gone = self._action(write, guard, "delete-item", {"TableName": self.table, "Key": write.key})
+        return "transact_write_items", {"TransactItems": [{"Put": tomb}, {"Delete": gone}]}
+
+    @staticmethod
+    def _first_path(write: Write, guard: Guard) -> Path:
+        if write.item is None:
+            return "delete"
+        if isinstance(guard, NeverSeen) or write.change.event == "INSERT":
+            return "create"
+        return "update"
+
+    # -- one write, to its end -------------------------------------------------------------------
     def _apply_one(self, write: Write, guard: Guard, deadline: float) -> tuple[str, Write, str, int]:
         if self.clock.monotonic() >= deadline:
             return "failed", write, "retry budget spent before the write was sent", 0
-        attempt = 0
+        path = self._first_path(write, guard)
+        attempt = flips = 0
         while True:
             try:
-                method, request = self._request(write, guard)
+                method, request = self._request(write, guard, path)
                 getattr(self.client, method)(**request)
                 return "applied", write, "", attempt
             except Exception as exc:  # noqa: BLE001 - every exception is classified; a local one is invalid
                 last: ErrorInfo = describe(exc)
-                if last.code == "ConditionalCheckFailedException":
-                    seen = (getattr(exc, "response", {}).get("Item") or {}).get(self.version_attribute, {}).get("S")
-                    return refusal(guard, seen, write.version), write, "", attempt
-                if classify(last) not in WRITES:
+                answer: dict[str, Any] = getattr(exc, "response", None) or {}
+                if last.code == "ConditionalCheckFailedException":  # the update path
+                    old = answer.get("Item")
+                    if old is not None:
+                        seen = old.get(self.version_attribute, {}).get("S")
+                        return refusal(guard, seen, write.version), write, "", attempt
+                    path, flips = "create", flips + 1  # the item is absent: create it, over its tombstone
+                    if flips <= _FLIPS_WITHOUT_PAUSE:
+                        continue
+                elif last.code == "TransactionCanceledException" and len(answer.get("CancellationReasons") or []) == 2:
+                    settled = self._cancelled(write, guard, path, answer["CancellationReasons"])
+                    if settled in ("stale", "duplicate"):
+                        return settled, write, "", attempt
+                    if settled == "flip":  # the item appeared since: update it instead
+                        path, flips = "update", flips + 1
+                        if flips <= _FLIPS_WITHOUT_PAUSE:
+                            continue
+                    elif settled.startswith("invalid"):
+                        return "failed", write, settled.partition(":")[2].strip(), attempt
+                    last = ErrorInfo(last.code, last.status,
+                                     str([r.get("Code") for r in answer["CancellationReasons"]]))
+                elif classify(last) not in WRITES:
                     return "failed", write, str(last), attempt
             if not self.backoff.wait(self.clock, attempt, deadline):
                 return "failed", write, f"retry budget spent; last error {last}", attempt
             attempt += 1
 
+    def _cancelled(self, write: Write, guard: Guard, path: Path, reasons: list[dict[str, Any]]) -> str:
+        """What a cancelled create or delete means: stale/duplicate, `flip`, `invalid: why`, or `retry`."""
+        tomb, item = (reasons[0], reasons[1])
+        kinds = (classify_reason(tomb.get("Code", "None")), classify_reason(item.get("Code", "None")))
+        if kinds[0] == "condition":  # a tombstone as new as this write, or (StillAt) not the one read
+            return refusal(guard, (tomb.get("Item") or {}).get(LEDGER_VERSION, {}).get("S"), write.version)
+        if kinds[1] == "condition":
+            if path == "create":  # the item exists: seen for the backfill, else to be updated instead
+                return "stale" if isinstance(guard, NeverSeen) else "flip"
+            return refusal(guard, (item.get("Item") or {}).get(self.version_attribute, {}).get("S"), write.version)
+        if "invalid" in kinds:
+            bad = tomb if kinds[0] == "invalid" else item
+            return f"invalid: {bad.get('Code')}: {bad.get('Message') or ''}"
+        return "retry"
 
-__all__ = ["InlineWriter", "condition"]
+
+__all__ = ["InlineWriter", "condition", "ensure_tombstones", "tombstone_key"]

@@ -39,6 +39,7 @@ class TargetSpec:
     version_attribute: str = "_tablesync_version"
     tombstone_ttl_seconds: float = 48 * 3600.0
     writer: GuardedWriter | None = None  # None: built from `client` by `writer_for`
+    tombstone_table: str | None = None  # inline mode's delete tombstones
 
     @property
     def name(self) -> str:
@@ -48,7 +49,8 @@ class TargetSpec:
     def from_config(cls, target: TargetConfig, config: Config, client: DynamoDBClient) -> TargetSpec:
         return cls(target.rule(), client, target.table, target.mode,
                    target.ledger if target.mode == "exact" else None,
-                   target.version_attribute, config.tombstone_ttl_seconds)
+                   target.version_attribute, config.tombstone_ttl_seconds,
+                   tombstone_table=target.tombstones if target.mode == "inline" else None)
 
 
 def writer_for(spec: TargetSpec, clock: Clock) -> GuardedWriter:
@@ -59,7 +61,10 @@ def writer_for(spec: TargetSpec, clock: Clock) -> GuardedWriter:
     if spec.mode == "inline":
         from kcl_app.adapters.inline import InlineWriter
 
-        return InlineWriter(spec.name, spec.client, spec.table, clock, spec.version_attribute)
+        if not spec.tombstone_table:
+            raise ValueError(f"target {spec.name}: an inline target needs its tombstone table")
+        return InlineWriter(spec.name, spec.client, spec.table, clock, spec.version_attribute,
+                            tombstone_table=spec.tombstone_table, tombstone_ttl_seconds=spec.tombstone_ttl_seconds)
     from kcl_app.adapters.ledger import LedgerWriter
 
     return LedgerWriter(spec.name, spec.client, spec.table, str(spec.ledger_table), clock,

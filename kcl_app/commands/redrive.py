@@ -4,7 +4,7 @@
 
 Safe at any time and any number of times: a parked change older than what the target holds is a
 stale no-op; an entry leaves the dead-letter store only once settled. An entry older than the
-tombstone TTL (stream retention + margin), and every entry of an `inline` target, is not replayed:
+tombstone TTL (stream retention + margin) is not replayed:
 its key is settled from the source's current item instead (`reread`), because the fence may no
 longer remember a delete that came after it. Needs read access to the source table for those.
 Reports how many entries were read, applied, stale (already superseded), re-read from the source,
@@ -75,8 +75,7 @@ def reread_for(config: Config, name: str, clock: Clock) -> Reread:
     target = config.target(name)
     spec = target_specs(config, [name])[0]
     verifier = Verifier(source_dynamodb(config), target.source_table, [spec], clock)
-    max_age = config.tombstone_ttl_seconds if target.mode == "exact" else None
-    return Reread(lambda key: verifier.repair_key(spec, key), clock, max_age, config.precision)
+    return Reread(lambda key: verifier.repair_key(spec, key), clock, config.tombstone_ttl_seconds, config.precision)
 
 
 def progress_printer(clock: Clock, every: float = 5.0) -> Callable[[RedriveReport], None]:

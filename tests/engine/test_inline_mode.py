@@ -1,9 +1,8 @@
-"""Inline mode through the pipeline: convergence without deletes, and its documented weakness around deletes.
+"""Inline mode through the pipeline: convergence with deletes, tombstones and the cost of each path.
 
-The weakness, as the inline module docstring states it: a put that is older than an applied delete and
-arrives after it re-creates the item with its old content, until a newer change of that key arrives.
-The same delivery through exact mode (ledger tombstones) does not re-create it: the weakness is of the
-mode, not of the test.
+A put older than an applied delete that arrives after it is refused by the delete's tombstone (kept in the
+target's tombstone table), as exact mode refuses it by its ledger row. An update of an item the target holds
+is one conditional PutItem, with no transaction and no tombstone read.
 """
 
 from __future__ import annotations
@@ -19,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from kcl_app.adapters.dead_letters import DirectoryDeadLetters
-from kcl_app.adapters.inline import InlineWriter
+from kcl_app.adapters.inline import InlineWriter, ensure_tombstones, tombstone_key
 from kcl_app.adapters.metrics import RecordingMetrics
 from kcl_app.adapters.retry import Backoff
 from kcl_app.core.attrs import Item
@@ -35,12 +34,35 @@ from tests.support.tables import create_table, normalise_all, scan_all
 VERSION_ATTR = "_v"
 
 
-def inline_pipeline(clock: Any) -> tuple[Pipeline, Any, str]:
+class Calls:
+    """A DynamoDB client that records the name of every write call it forwards to the real (moto) client."""
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+        self.calls: list[str] = []
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self.client, name)
+        if name not in ("put_item", "delete_item", "transact_write_items"):
+            return method
+
+        def recorded(**kwargs: Any) -> Any:
+            self.calls.append(name)
+            return method(**kwargs)
+        return recorded
+
+
+def inline_pipeline(clock: Any, record: bool = False) -> tuple[Pipeline, Any, str]:
     client = boto3.client("dynamodb", region_name="eu-west-2")
     table = f"inline-{uuid.uuid4().hex[:8]}"
     create_table(client, table)
-    writer = InlineWriter("t", client, table, clock, VERSION_ATTR, backoff=Backoff(rng=random.Random(1)),
-                          max_concurrency=4)
+    ensure_tombstones(client, f"{table}.tombstones")
+    writes = Calls(client) if record else client
+    writer = InlineWriter("t", writes, table, clock, VERSION_ATTR, backoff=Backoff(rng=random.Random(1)),
+                          max_concurrency=4, tombstone_table=f"{table}.tombstones")
+    if record:
+        return (Pipeline([TargetRule("t", "src")], {"t": writer}, DirectoryDeadLetters(tempfile.mkdtemp()),
+                         RecordingMetrics(), clock), writes, table)
     sink = DirectoryDeadLetters(tempfile.mkdtemp(prefix="ts-inline-dl-"))
     return Pipeline([TargetRule("t", "src")], {"t": writer}, sink, RecordingMetrics(), clock), client, table
 
@@ -135,19 +157,65 @@ def deliver_put_after_newer_delete(pipeline: Pipeline) -> tuple[SourceSim, list[
 
 
 @pytest.mark.usefixtures("moto")
-def test_the_documented_weakness_a_stale_put_after_a_newer_delete_recreates_the_item(clock) -> None:
+def test_a_stale_put_after_a_newer_delete_is_refused_by_the_tombstone(clock) -> None:
     pipeline, client, table = inline_pipeline(clock)
     try:
-        sim, (put_old, _) = deliver_put_after_newer_delete(pipeline)
-        # the target now differs from the source: the item is back with its old content and old version
-        (item,) = scan_all(client, table).values()
-        assert item == {"pk": {"S": "k"}, "x": {"S": "old"}, VERSION_ATTR: {"S": decode(put_old).version.token()}}
-        # ... until a newer change of that key arrives
+        sim, (put_old, delete_newer) = deliver_put_after_newer_delete(pipeline)
+        assert scan_all(client, table) == {}
+        (row,) = scan_all(client, f"{table}.tombstones", key_names=("k",)).values()
+        assert row["v"]["S"] == decode(delete_newer).version.token()
+        assert row["k"]["S"] == tombstone_key(decode(delete_newer).key_id)
+        assert int(row["exp"]["N"]) == int(clock.now() + 48 * 3600)
+        again = pipeline.process([delete_newer, put_old])  # coalesced to the delete: a duplicate
+        assert again.targets["t"].duplicate == 1
+        # a newer put re-creates the item, over the tombstone
         sim.put({"pk": {"S": "k"}, "x": {"S": "newest"}})
-        pipeline.process([records(sim)[-1]])
+        assert pipeline.process([records(sim)[-1]]).targets["t"].applied == 1
         assert target_items(client, table) == normalise_all(sim.items)
     finally:
         pipeline.close()
+
+
+@pytest.mark.usefixtures("moto")
+def test_a_delete_that_arrives_before_its_put_still_fences_it(clock) -> None:
+    sim = SourceSim("src")
+    sim.put({"pk": {"S": "k"}, "x": {"S": "1"}})
+    sim.delete({"pk": {"S": "k"}})
+    put1, delete2 = records(sim)
+    pipeline, client, table = inline_pipeline(clock)
+    try:
+        assert pipeline.process([delete2]).targets["t"].applied == 1  # nothing to delete, a tombstone all the same
+        assert pipeline.process([put1]).targets["t"].stale == 1
+    finally:
+        pipeline.close()
+    assert scan_all(client, table) == {}
+
+
+@pytest.mark.usefixtures("moto")
+def test_each_change_takes_its_path_an_update_of_a_held_item_is_one_put(clock) -> None:
+    sim = SourceSim("src")
+    sim.put({"pk": {"S": "k"}, "x": {"S": "1"}})   # INSERT: create path, one transaction
+    sim.put({"pk": {"S": "k"}, "x": {"S": "2"}})   # MODIFY of a held item: one PutItem
+    sim.delete({"pk": {"S": "k"}})                 # REMOVE: one transaction
+    sim.put({"pk": {"S": "k"}, "x": {"S": "4"}})   # INSERT again, over the tombstone
+    pipeline, calls, table = inline_pipeline(clock, record=True)
+    try:
+        for raw in records(sim):
+            assert pipeline.process([raw]).targets["t"].applied == 1
+        assert calls.calls == ["transact_write_items", "put_item", "transact_write_items", "transact_write_items"]
+        calls.calls.clear()
+        # a MODIFY of a key the target does not hold: the update fails (no item), then the create path
+        sim.delete({"pk": {"S": "k"}})
+        pipeline.process([records(sim)[-1]])
+        modify = SourceSim("src", start_micros=sim.clock + 10)
+        modify.put({"pk": {"S": "k"}, "x": {"S": "7"}})
+        modify.put({"pk": {"S": "k"}, "x": {"S": "8"}})
+        calls.calls.clear()
+        assert pipeline.process([records(modify)[-1]]).targets["t"].applied == 1
+        assert calls.calls == ["put_item", "transact_write_items"]
+    finally:
+        pipeline.close()
+    assert target_items(calls.client, table) == normalise_all({k: v for k, v in modify.items.items()})
 
 
 @pytest.mark.usefixtures("moto")
@@ -161,37 +229,55 @@ def test_exact_mode_does_not_have_that_weakness(clock) -> None:
 
 
 class ChaoticInline:
-    """A client whose every PutItem/DeleteItem ends at random: success, a failed condition (with the
-    item carrying a random older, equal or newer version), refused, throttled, a connection error or a
-    local exception. Records which writes succeeded."""
+    """A client whose every PutItem/TransactWriteItems ends at random: success, a failed condition (with the
+    item or tombstone carrying this write's version or a newer one), refused, throttled, a connection error
+    or a local exception. Records which writes succeeded."""
 
     def __init__(self, rng: random.Random) -> None:
         self.rng = rng
         self.stored: set[str] = set()
 
-    def _call(self, **kwargs: Any) -> Any:
+    def _fail(self, kwargs: dict[str, Any]) -> None:
         from botocore.exceptions import ClientError, EndpointConnectionError
 
-        key = (kwargs.get("Item") or kwargs.get("Key") or {})["pk"]["S"]
         roll = self.rng.random()
         status = {"ResponseMetadata": {"HTTPStatusCode": 400}}
-        if roll < 0.3:
-            self.stored.add(key)
-            return {}
-        if roll < 0.5:
-            mine = kwargs["ExpressionAttributeValues"][":va"]["S"]
+        actions = kwargs.get("TransactItems") or [{"Put": kwargs}]
+        if roll < 0.25:
+            mine = next(iter(actions[0].values()))["ExpressionAttributeValues"][":v"]["S"]
             seen = self.rng.choice([mine, "99999999999999999999#z"])
-            raise ClientError({"Error": {"Code": "ConditionalCheckFailedException"},
-                               "Item": {VERSION_ATTR: {"S": seen}}, **status}, "PutItem")
-        if roll < 0.6:
+            if "TransactItems" not in kwargs:
+                raise ClientError({"Error": {"Code": "ConditionalCheckFailedException"},
+                                   "Item": {VERSION_ATTR: {"S": seen}}, **status}, "PutItem")
+            failing = self.rng.randrange(2)
+            reasons = [{"Code": "None"}, {"Code": "None"}]
+            reasons[failing] = {"Code": "ConditionalCheckFailed", "Item": {"v": {"S": seen}, VERSION_ATTR: {"S": seen}}}
+            raise ClientError({"Error": {"Code": "TransactionCanceledException"}, "CancellationReasons": reasons,
+                               **status}, "TransactWriteItems")
+        if roll < 0.35:
             raise ClientError({"Error": {"Code": "ValidationException", "Message": "no"}, **status}, "PutItem")
-        if roll < 0.8:
+        if roll < 0.45 and "TransactItems" in kwargs:
+            reasons = [{"Code": "None"}, {"Code": self.rng.choice(["TransactionConflict", "ValidationError"])}]
+            raise ClientError({"Error": {"Code": "TransactionCanceledException"}, "CancellationReasons": reasons,
+                               **status}, "TransactWriteItems")
+        if roll < 0.6:
             raise ClientError({"Error": {"Code": "ThrottlingException"}, **status}, "PutItem")
-        if roll < 0.9:
+        if roll < 0.7:
             raise EndpointConnectionError(endpoint_url="https://dynamodb.example")
         raise RecursionError("maximum recursion depth exceeded")
 
-    put_item = delete_item = _call
+    def put_item(self, **kwargs: Any) -> Any:
+        if self.rng.random() < 0.3:
+            self.stored.add(kwargs["Item"]["pk"]["S"])
+            return {}
+        self._fail(kwargs)
+
+    def transact_write_items(self, **kwargs: Any) -> Any:
+        if self.rng.random() < 0.3:
+            target = kwargs["TransactItems"][1]
+            self.stored.add((target.get("Put") or {}).get("Item", (target.get("Delete") or {}).get("Key"))["pk"]["S"])
+            return {}
+        self._fail(kwargs)
 
 
 @pytest.mark.parametrize("seed", range(20))
@@ -203,7 +289,8 @@ def test_every_inline_write_ends_in_exactly_one_outcome(seed: int, clock) -> Non
 
     rng = random.Random(seed)
     client = ChaoticInline(rng)
-    writer = InlineWriter("t", client, "copy", clock, VERSION_ATTR, backoff=Backoff(rng=random.Random(seed)))
+    writer = InlineWriter("t", client, "copy", clock, VERSION_ATTR, backoff=Backoff(rng=random.Random(seed)),
+                          tombstone_table="copy.tombstones")
     writes = []
     for i in range(rng.randint(1, 60)):
         key = {"pk": {"S": f"k{i}"}}
