@@ -1,7 +1,9 @@
 """Convergence under an adversarial stream, through the real DynamoDB API (moto), to 2 targets.
 
-The same property run with the classic Lambda copier (per-record put/delete, no fencing) must
-fail: proof that the property can fail.
+The property runs for both fenced modes: `exact` (ledger rows) and `inline` (version on the item,
+delete tombstones beside it; the version attribute is dropped before comparing). The same property
+run with the classic Lambda copier (per-record put/delete, no fencing) must fail: proof that the
+property can fail.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import tempfile
 import uuid
 from collections.abc import Sequence
+from typing import Any
 
 import boto3
 import pytest
@@ -16,6 +19,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from kcl_app.adapters.dead_letters import DirectoryDeadLetters
+from kcl_app.adapters.inline import InlineWriter
 from kcl_app.adapters.ledger import LedgerWriter
 from kcl_app.adapters.metrics import RecordingMetrics
 from kcl_app.core.plan import TargetRule, Write
@@ -24,7 +28,7 @@ from kcl_app.pipeline import Pipeline
 from kcl_app.ports import ApplyResult
 from kcl_app.redrive import redrive
 from tests.property.strategies import deliveries, operations
-from tests.support.harness import TARGET_REGIONS, ledger_targets
+from tests.support.harness import TARGET_REGIONS, inline_targets, ledger_targets
 from tests.support.source_sim import SourceSim
 from tests.support.tables import create_table, normalise_all, scan_all
 
@@ -32,7 +36,7 @@ from tests.support.tables import create_table, normalise_all, scan_all
 class OutageWriter:
     """Wraps a writer; while `down` is set every write fails as it would during an outage."""
 
-    def __init__(self, inner: LedgerWriter) -> None:
+    def __init__(self, inner: LedgerWriter | InlineWriter) -> None:
         self.inner = inner
         self.name = inner.name
         self.down = False
@@ -53,8 +57,11 @@ def build_source(ops: list[tuple[str, str, dict]]) -> SourceSim:
     return sim
 
 
-def run_fenced(sim: SourceSim, plan: list[tuple[int, list[int], bool]], clock) -> dict[str, dict]:
-    targets = ledger_targets(clock)
+VERSION_ATTR = "_tablesync_version"
+
+
+def run_fenced(sim: SourceSim, plan: list[tuple[int, list[int], bool]], clock, mode: str = "exact") -> dict[str, dict]:
+    targets: dict[str, Any] = ledger_targets(clock) if mode == "exact" else inline_targets(clock)
     writers = {name: OutageWriter(t.writer) for name, t in targets.items()}
     rules = [TargetRule(name, "source") for name in writers]
     sink = DirectoryDeadLetters(tempfile.mkdtemp(prefix="ts-dlq-"))
@@ -72,7 +79,9 @@ def run_fenced(sim: SourceSim, plan: list[tuple[int, list[int], bool]], clock) -
         assert again.read == 0
     for p in shards:
         p.close()
-    return {name: scan_all(t.client, t.table) for name, t in targets.items()}
+    for writer in writers.values():
+        writer.inner.close()
+    return {name: scan_all(t.client, t.table, drop=(VERSION_ATTR,)) for name, t in targets.items()}
 
 
 def run_naive(sim: SourceSim, plan: list[tuple[int, list[int], bool]]) -> dict[str, dict]:
@@ -111,6 +120,20 @@ def test_every_target_converges_to_the_source(clock, case) -> None:
     expected = normalise_all(sim.items)
     for name, table in run_fenced(sim, plan, clock).items():
         assert normalise_all(table) == expected, f"target {name} diverged"
+
+
+@pytest.mark.usefixtures("moto")
+@settings(max_examples=60, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(scenario)
+def test_every_inline_target_converges_to_the_source(clock, case) -> None:
+    ops, plan = case
+    sim = build_source(ops)
+    if not sim.records:
+        return
+    expected = normalise_all(sim.items)
+    for name, table in run_fenced(sim, plan, clock, mode="inline").items():
+        assert normalise_all(table) == expected, f"inline target {name} diverged"
 
 
 @pytest.mark.usefixtures("moto")

@@ -3,6 +3,7 @@
 - TARGET_REGIONS: the two target regions every two-target test uses (source in us-east-1).
 - ledger_targets(): exact-mode targets on in-process moto, each with its table, ledger and
   LedgerWriter, ready to hand to a Pipeline (or, with their clients, to backfill/verify).
+- inline_targets(): the same for inline mode (table, tombstone table, InlineWriter).
 - FailingStore: a dead-letter store that refuses every park and counts the attempts.
 """
 
@@ -15,6 +16,7 @@ from typing import Any
 
 import boto3
 
+from kcl_app.adapters.inline import InlineWriter, ensure_tombstones
 from kcl_app.adapters.ledger import LedgerWriter, ensure_ledger
 from kcl_app.core.errors import ParkFailed
 from kcl_app.core.retry import Backoff
@@ -58,6 +60,33 @@ def ledger_targets(clock: Clock, *, regions: Mapping[str, str] = TARGET_REGIONS,
         extra = {"backoff": backoff()} if backoff else {}
         writer = LedgerWriter(name, used, table_name, ledger_name, clock, **extra)
         out[name] = LedgerTarget(name, client, table_name, ledger_name, writer)
+    return out
+
+
+@dataclass
+class InlineTarget:
+    """One inline-mode target: its client, table, tombstone table and writer."""
+
+    name: str
+    client: Any
+    table: str
+    tombstones: str
+    writer: InlineWriter
+
+
+def inline_targets(clock: Clock, *, regions: Mapping[str, str] = TARGET_REGIONS,
+                   version_attribute: str = "_tablesync_version") -> dict[str, InlineTarget]:
+    """Inline-mode targets `regions` (name -> region), created on the current moto, fresh names."""
+    suffix = uuid.uuid4().hex[:8]
+    out = {}
+    for name, region in regions.items():
+        client = boto3.client("dynamodb", region_name=region)
+        table, tombstones = f"i-{name}-{suffix}", f"i-{name}-{suffix}.tombstones"
+        create_table(client, table)
+        ensure_tombstones(client, tombstones)
+        writer = InlineWriter(name, client, table, clock, version_attribute, max_concurrency=4,
+                              tombstone_table=tombstones)
+        out[name] = InlineTarget(name, client, table, tombstones, writer)
     return out
 
 
