@@ -51,7 +51,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Literal
 
-from kcl_app.adapters.ledger import LEDGER_EXPIRES, LEDGER_KEY, LEDGER_VERSION, ensure_ledger
+from kcl_app.adapters.ledger import ensure_ledger
 from kcl_app.adapters.retry import describe
 from kcl_app.core.attrs import Item
 from kcl_app.core.fence import NEWER_THAN_SEEN, Guard, NeverSeen, NewerThanSeen, refusal
@@ -66,6 +66,11 @@ Part = Literal["update", "create-item", "create-tombstone", "delete-item", "dele
 Path = Literal["update", "create", "delete"]
 Expression = tuple[str, dict[str, str], dict[str, Any]]
 MAX_KEY_BYTES = 2048  # DynamoDB's partition key limit
+# The tombstone row. The names are the ledger's on purpose: `ensure_ledger` creates the table (key and TTL
+# attribute), and a ledger table made by the infrastructure serves as a tombstone table.
+TOMBSTONE_KEY = "k"
+TOMBSTONE_VERSION = "v"
+TOMBSTONE_EXPIRES = "exp"
 _FLIPS_WITHOUT_PAUSE = 2
 
 
@@ -82,34 +87,42 @@ def ensure_tombstones(client: Any, table: str) -> bool:
     return ensure_ledger(client, table)
 
 
-def _older(name: str) -> str:
-    return f"attribute_not_exists({name}) OR {name} < :v"
+# Every inline condition, per guard and per action (the literal expressions; names and values below).
+_CONDITIONS: dict[str, dict[Part, str]] = {
+    "newer": {"update": "attribute_exists(#pk) AND (attribute_not_exists(#va) OR #va < :v)",
+              "create-item": "attribute_not_exists(#pk)",
+              "create-tombstone": "attribute_not_exists(#tv) OR #tv < :v",
+              "delete-item": "attribute_not_exists(#va) OR #va < :v",
+              "delete-tombstone": "attribute_not_exists(#tv) OR #tv < :v"},
+    "never": {"update": "attribute_not_exists(#pk)", "create-item": "attribute_not_exists(#pk)",
+              "create-tombstone": "attribute_not_exists(#tk)", "delete-item": "attribute_not_exists(#pk)",
+              "delete-tombstone": "attribute_not_exists(#tk)"},
+    # StillAt: the fence still holds the version read before (the item's, or for an absent item its tombstone's)
+    "still-none": {"update": "attribute_exists(#pk) AND attribute_not_exists(#va)",
+                   "create-item": "attribute_not_exists(#pk)", "create-tombstone": "attribute_not_exists(#tv)",
+                   "delete-item": "attribute_not_exists(#va)",
+                   "delete-tombstone": "attribute_not_exists(#tv) OR #tv < :v"},
+    "still-at": {"update": "attribute_exists(#pk) AND #va = :seen", "create-item": "attribute_not_exists(#pk)",
+                 "create-tombstone": "#tv = :seen", "delete-item": "#va = :seen",
+                 "delete-tombstone": "attribute_not_exists(#tv) OR #tv < :v"},
+}
 
 
 def condition(guard: Guard, write: Write, version_attribute: str, part: Part) -> Expression:
     """(ConditionExpression, names, values) of one action of an inline call (see the module docstring)."""
-    names = {"#va": version_attribute, "#pk": next(iter(write.key)), "#tv": LEDGER_VERSION, "#tk": LEDGER_KEY}
-    values: dict[str, Any] = {":v": {"S": write.version.token()}}
     if isinstance(guard, NewerThanSeen):
-        expr = {"update": f"attribute_exists(#pk) AND ({_older('#va')})", "create-item": "attribute_not_exists(#pk)",
-                "create-tombstone": _older("#tv"), "delete-item": _older("#va"),
-                "delete-tombstone": _older("#tv")}[part]
+        kind = "newer"
     elif isinstance(guard, NeverSeen):
-        expr = "attribute_not_exists(#tk)" if part.endswith("tombstone") else "attribute_not_exists(#pk)"
-    else:  # StillAt: the fence still holds the version read before (the item's, or the tombstone's)
-        if guard.seen is not None:
-            values[":seen"] = {"S": guard.seen.token()}
-        held = {"update": "#va", "delete-item": "#va", "create-tombstone": "#tv"}.get(part)
-        if held is None:  # create-item: the item is absent; delete-tombstone: only an older one is replaced
-            expr = "attribute_not_exists(#pk)" if part == "create-item" else _older("#tv")
-        elif guard.seen is None:
-            expr = f"attribute_not_exists({held})"
-        else:
-            expr = f"{held} = :seen"
-        if part == "update":
-            expr = f"attribute_exists(#pk) AND {expr}"
-    used_values = {k: v for k, v in values.items() if k in expr}
-    return expr, {k: v for k, v in names.items() if k in expr}, used_values  # DynamoDB refuses unused ones
+        kind = "never"
+    else:
+        kind = "still-none" if guard.seen is None else "still-at"
+    expr = _CONDITIONS[kind][part]
+    names = {"#va": version_attribute, "#pk": next(iter(write.key)), "#tv": TOMBSTONE_VERSION, "#tk": TOMBSTONE_KEY}
+    values: dict[str, Any] = {":v": {"S": write.version.token()}}
+    if not isinstance(guard, NewerThanSeen | NeverSeen) and guard.seen is not None:
+        values[":seen"] = {"S": guard.seen.token()}
+    # DynamoDB refuses names and values that the expression does not use
+    return expr, {k: v for k, v in names.items() if k in expr}, {k: v for k, v in values.items() if k in expr}
 
 
 class InlineWriter:
@@ -164,8 +177,8 @@ class InlineWriter:
         if item is not None:
             token = item.get(self.version_attribute, {}).get("S")
         else:
-            row = read(self.tombstone_table, {LEDGER_KEY: {"S": tombstone_key(key_id)}})
-            token = (row or {}).get(LEDGER_VERSION, {}).get("S")
+            row = read(self.tombstone_table, {TOMBSTONE_KEY: {"S": tombstone_key(key_id)}})
+            token = (row or {}).get(TOMBSTONE_VERSION, {}).get("S")
         return item is not None, (Version.from_token(token) if token is not None else None)
 
     # -- the requests of the three paths ---------------------------------------------------------
@@ -181,7 +194,7 @@ class InlineWriter:
         return {**(write.item or {}), self.version_attribute: {"S": write.version.token()}}
 
     def _tombstone(self, write: Write) -> dict[str, Any]:
-        return {LEDGER_KEY: {"S": tombstone_key(write.key_id)}}
+        return {TOMBSTONE_KEY: {"S": tombstone_key(write.key_id)}}
 
     def _request(self, write: Write, guard: Guard, path: Path) -> tuple[str, dict[str, Any]]:
         """(client method, arguments) of `write` on `path`."""
@@ -193,8 +206,8 @@ class InlineWriter:
                                  {"TableName": self.tombstone_table, "Key": self._tombstone(write)})
             put = self._action(write, guard, "create-item", {"TableName": self.table, "Item": self._item(write)})
             return "transact_write_items", {"TransactItems": [{"ConditionCheck": check}, {"Put": put}]}
-        row = {**self._tombstone(write), LEDGER_VERSION: {"S": write.version.token()},
-               LEDGER_EXPIRES: {"N": str(int(self.clock.now() + self.tombstone_ttl_seconds))}}
+        row = {**self._tombstone(write), TOMBSTONE_VERSION: {"S": write.version.token()},
+               TOMBSTONE_EXPIRES: {"N": str(int(self.clock.now() + self.tombstone_ttl_seconds))}}
         tomb = self._action(write, guard, "delete-tombstone", {"TableName": self.tombstone_table, "Item": row})
         gone = self._action(write, guard, "delete-item", {"TableName": self.table, "Key": write.key})
         return "transact_write_items", {"TransactItems": [{"Put": tomb}, {"Delete": gone}]}
@@ -252,7 +265,7 @@ class InlineWriter:
         tomb, item = (reasons[0], reasons[1])
         kinds = (classify_reason(tomb.get("Code", "None")), classify_reason(item.get("Code", "None")))
         if kinds[0] == "condition":  # a tombstone as new as this write, or (StillAt) not the one read
-            return refusal(guard, (tomb.get("Item") or {}).get(LEDGER_VERSION, {}).get("S"), write.version)
+            return refusal(guard, (tomb.get("Item") or {}).get(TOMBSTONE_VERSION, {}).get("S"), write.version)
         if kinds[1] == "condition":
             if path == "create":  # the item exists: seen for the backfill, else to be updated instead
                 return "stale" if isinstance(guard, NeverSeen) else "flip"

@@ -19,6 +19,7 @@ import pytest
 from botocore.exceptions import ClientError, EndpointConnectionError
 
 from kcl_app.adapters.dead_letters import DirectoryDeadLetters
+from kcl_app.adapters.inline import ensure_tombstones
 from kcl_app.adapters.ledger import ensure_ledger
 from kcl_app.adapters.metrics import RecordingMetrics
 from kcl_app.adapters.retry import classify
@@ -79,7 +80,8 @@ def deterministic_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 class World:
-    """Fresh tables for one caller (`n` names them): a source holding ITEM, a target, its ledger."""
+    """Fresh tables for one caller (`n` names them): a source holding ITEM, a target, its ledger and
+    its tombstone table (the fence of exact and of inline mode)."""
 
     def __init__(self, n: str, mode: str, make: Callable[[], BaseException], clock: Any, tmp_path: Path) -> None:
         self.mode, self.clock, self.tmp = mode, clock, tmp_path
@@ -90,20 +92,25 @@ class World:
         real = boto3.client("dynamodb", region_name="eu-west-1")
         create_table(real, self.copy)
         ensure_ledger(real, self.ledger)
+        self.tombstones = f"tombstones-{n}"
+        ensure_tombstones(real, self.tombstones)
         self.client = Refusing(real, make)
         self.rule = TargetRule("t", self.orders)
         self.sink = DirectoryDeadLetters(tmp_path / "dead-letters")
 
     def writer(self) -> Any:
         """The stream's writer, built by the composition root as `tablesync run` builds it."""
-        config = parse({"targets": [{"name": "t", "source_table": self.orders, "table": self.copy,
+        config = parse({"stream_retention_hours": 24,
+                        "targets": [{"name": "t", "source_table": self.orders, "table": self.copy,
                                      "region": "eu-west-1", "mode": self.mode, "ledger_table": self.ledger,
+                                     "tombstone_table": self.tombstones,
                                      "dead_letter": {"path": str(self.tmp / "unused")}}]})
         return make_writer(config.targets[0], config, self.clock, self.client, prepare=False)
 
     def spec(self) -> TargetSpec:
         return TargetSpec(self.rule, self.client, self.copy, self.mode,  # type: ignore[arg-type]
-                          self.ledger if self.mode == "exact" else None)
+                          self.ledger if self.mode == "exact" else None,
+                          tombstone_table=self.tombstones if self.mode == "inline" else None)
 
     def pipeline(self) -> Pipeline:
         return Pipeline([self.rule], {"t": self.writer()}, self.sink, RecordingMetrics(), self.clock,

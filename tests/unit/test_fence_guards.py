@@ -46,6 +46,14 @@ def test_the_ledger_attributes_and_conditions_appear_in_one_module_only() -> Non
     assert owners and all(found == {"adapters/ledger.py"} for found in owners.values()), owners
 
 
+def test_the_inline_tombstone_row_is_the_ledger_schema() -> None:
+    """The tombstone table is created by `ensure_ledger` and may be a ledger table made by the infra."""
+    from kcl_app.adapters import inline, ledger
+
+    assert (inline.TOMBSTONE_KEY, inline.TOMBSTONE_VERSION, inline.TOMBSTONE_EXPIRES) == (
+        ledger.LEDGER_KEY, ledger.LEDGER_VERSION, ledger.LEDGER_EXPIRES)
+
+
 def test_the_inline_conditions_appear_in_one_module_only() -> None:
     from kcl_app.adapters import inline
     from kcl_app.core.attrs import key_id
@@ -55,9 +63,11 @@ def test_the_inline_conditions_appear_in_one_module_only() -> None:
     key = {"pk": {"S": "a"}}
     change = Change("src", "INSERT", key, key_id(key), key, Version(1, "x"), False, "x")
     write = Write("t", key, key_id(key), Version(1, "x"), key, change, ())
-    expressions = {inline.condition(guard, write, "_v")[0]
-                   for guard in (NEWER_THAN_SEEN, NEVER_SEEN, StillAt(None), StillAt(Version(1, "x")))}
-    assert len(expressions) == 4
+    parts = ("update", "create-item", "create-tombstone", "delete-item", "delete-tombstone")
+    expressions = {inline.condition(guard, write, "_v", part)[0]  # type: ignore[arg-type]
+                   for guard in (NEWER_THAN_SEEN, NEVER_SEEN, StillAt(None), StillAt(Version(1, "x")))
+                   for part in parts}
+    assert len(expressions) == 11
     for expression in expressions:
         found = {str(p.relative_to(PACKAGE)) for p in PACKAGE.rglob("*.py")
                  if "local" not in p.relative_to(PACKAGE).parts and expression in p.read_text(encoding="utf-8")}
