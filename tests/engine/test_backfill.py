@@ -14,6 +14,7 @@ import boto3
 import pytest
 
 from kcl_app.adapters.dead_letters import DirectoryDeadLetters
+from kcl_app.adapters.inline import ensure_tombstones, tombstone_key
 from kcl_app.adapters.ledger import LedgerWriter, ensure_ledger
 from kcl_app.adapters.metrics import RecordingMetrics
 from kcl_app.backfill import BACKFILL_VERSION, BackfillState, TargetSpec, TokenBucket, backfill
@@ -261,10 +262,16 @@ def test_inline_backfill_writes_only_absent_items_and_verify_ignores_the_version
     newer = {**make_item(3, 9), "_tablesync_version": {"S": "01790000000000000001#ev"}}
     target.put_item(TableName="inline-t", Item=newer)
     source.put_item(TableName="source", Item=make_item(3, 9))
-    spec = TargetSpec(TargetRule("i", "source"), target, "inline-t", "inline")
+    # the stream already deleted k005 after the scan read it: its tombstone must keep the backfill out
+    ensure_tombstones(target, "inline-t.tombstones")
+    target.put_item(TableName="inline-t.tombstones", Item={"k": {"S": tombstone_key('{"pk":{"S":"k005"}}')},
+                                                           "v": {"S": "01790000000000000002#ev"}, "exp": {"N": "1"}})
+    spec = TargetSpec(TargetRule("i", "source"), target, "inline-t", "inline", tombstone_table="inline-t.tombstones")
     report = backfill(source, "source", [spec], BackfillState.open(tmp_path, "source", ["i"], 2), clock)
-    assert report.written == {"i": 11} and report.skipped == {"i": 1}
+    assert report.written == {"i": 10} and report.skipped == {"i": 2}
     stored = scan_all(target, "inline-t")
+    assert '{"pk":{"S":"k005"}}' not in stored, "a deleted key is not re-created by the backfill"
+    source.delete_item(TableName="source", Key={"pk": {"S": "k005"}})
     assert stored['{"pk":{"S":"k003"}}']["_tablesync_version"]["S"] == "01790000000000000001#ev"
     assert stored['{"pk":{"S":"k004"}}']["_tablesync_version"]["S"] == BACKFILL_VERSION.token()
     assert Verifier(source, "source", [spec], clock).run().clean

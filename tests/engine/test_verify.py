@@ -10,6 +10,7 @@ from typing import Any
 import boto3
 import pytest
 
+from kcl_app.adapters.inline import ensure_tombstones
 from kcl_app.adapters.ledger import LedgerWriter, ensure_ledger
 from kcl_app.backfill import BackfillState, TargetSpec, backfill
 from kcl_app.commands import verify as verify_cmd
@@ -47,8 +48,9 @@ class Tables:
         create_table(self.target, "copy-a")
         create_table(self.target, "copy-b")
         ensure_ledger(self.target, "ledger-a")
+        ensure_tombstones(self.target, "tombstones-b")
         self.a = TargetSpec(TargetRule("a", "source", exclude=("secret",)), self.target, "copy-a", "exact", "ledger-a")
-        self.b = TargetSpec(TargetRule("b", "source"), self.target, "copy-b", "inline")
+        self.b = TargetSpec(TargetRule("b", "source"), self.target, "copy-b", "inline", tombstone_table="tombstones-b")
         state = BackfillState.open(tmp_path / "state", "source", ["a", "b"], 2)
         assert backfill(self.source, "source", [self.a, self.b], state, clock).ok
 
@@ -191,7 +193,7 @@ def test_repair_never_overwrites_a_newer_write(tables: Tables, clock: Any) -> No
                                                           "_tablesync_version": {"S": record.version.token()}})
 
     race_b = RacingTarget(tables.target, newer_inline, "k08")
-    racing_b = TargetSpec(tables.b.rule, race_b, "copy-b", "inline")
+    racing_b = TargetSpec(tables.b.rule, race_b, "copy-b", "inline", tombstone_table="tombstones-b")
     t = tables.verify(repair=True, specs=[racing_b]).targets["b"]
     assert race_b.fired
     assert t.superseded == 1 and tables.target_item(tables.b, 8)["s"] == {"S": "stream"}
@@ -256,6 +258,7 @@ def test_sampling_checks_part_of_the_keys(tables: Tables) -> None:
 def test_verify_command_json_and_exit_codes(tables: Tables, tmp_path: Path, capsys: Any) -> None:
     config = tmp_path / "targets.toml"
     config.write_text(f"""
+stream_retention_hours = 24
 [source]
 region = "{SOURCE_REGION}"
 
@@ -272,6 +275,7 @@ name = "b"
 source_table = "source"
 table = "copy-b"
 mode = "inline"
+tombstone_table = "tombstones-b"
 region = "eu-west-1"
 """)
     parser = argparse.ArgumentParser()

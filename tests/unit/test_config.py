@@ -228,11 +228,38 @@ def test_the_environment_shortcut_with_every_option() -> None:
     cfg = from_env({**ENV, "TABLESYNC_TARGET_NAME": "prod", "TABLESYNC_TARGET_ENDPOINT": "http://127.0.0.1:1",
                     "TABLESYNC_TARGET_ROLE_ARN": "arn:aws:iam::123456789012:role/r",
                     "TABLESYNC_TARGET_EXTERNAL_ID": "x",
-                    "TABLESYNC_TARGET_MODE": "inline", "TABLESYNC_DEAD_LETTER_DIR": "/tmp/dl"})
+                    "TABLESYNC_TARGET_MODE": "inline", "TABLESYNC_DEAD_LETTER_DIR": "/tmp/dl",
+                    "TABLESYNC_STREAM_RETENTION_HOURS": "168"})
     (t,) = cfg.targets
     assert (t.name, t.endpoint_url, t.role_arn, t.external_id, t.mode) == (
         "prod", "http://127.0.0.1:1", "arn:aws:iam::123456789012:role/r", "x", "inline")
     assert t.dead_letter.kind == "dir" and t.dead_letter.path == "/tmp/dl"
+    assert cfg.stream_retention_hours == 168 and t.tombstones == "orders-copy.tablesync-tombstones"
+
+
+def test_an_inline_target_makes_the_user_name_the_stream_retention(tmp_path) -> None:
+    """Its tombstones cover the retention + margin: a silent default would be a silently weaker fence."""
+    inline = MINIMAL_TARGET + 'mode = "inline"\n'
+    with pytest.raises(ConfigError) as caught:
+        load(write(tmp_path, inline))
+    assert "stream_retention_hours: required with an inline target" in str(caught.value)
+    with pytest.raises(ConfigError, match="TABLESYNC_STREAM_RETENTION_HOURS: must be a number"):
+        from_env({**ENV, "TABLESYNC_TARGET_MODE": "inline", "TABLESYNC_STREAM_RETENTION_HOURS": "a week"})
+    with pytest.raises(ConfigError, match="stream_retention_hours: required"):
+        from_env({**ENV, "TABLESYNC_TARGET_MODE": "inline"})
+    cfg = load(write(tmp_path, "stream_retention_hours = 72\n" + inline))
+    assert cfg.targets[0].tombstones == f"{cfg.targets[0].table}.tablesync-tombstones"
+    assert load(write(tmp_path, MINIMAL_TARGET)).stream_retention_hours == 24  # exact targets keep the default
+
+
+def test_the_tombstone_table_is_validated(tmp_path) -> None:
+    inline = "stream_retention_hours = 24\n" + MINIMAL_TARGET + 'mode = "inline"\n'
+    assert load(write(tmp_path, inline + 'tombstone_table = "tomb-1"\n')).targets[0].tombstones == "tomb-1"
+    with pytest.raises(ConfigError, match=r"targets\[0\]\.tombstone_table: 'no way' is not a valid"):
+        load(write(tmp_path, inline + 'tombstone_table = "no way"\n'))
+    long_table = inline.replace('\ntable = "', '\ntable = "' + "t" * 240, 1) + 'ledger_table = "unused"\n'
+    with pytest.raises(ConfigError, match=r"tombstone_table: the default .* longer than 255 characters: set it"):
+        load(write(tmp_path, long_table))
 
 
 def test_the_environment_shortcut_falls_back_to_the_aws_region() -> None:
