@@ -14,6 +14,9 @@ and reported as medians (RSS: the largest). The runs:
 A simulated round trip is added to every AWS call on the client side (a before-send hook that sleeps,
 costing no CPU), for every kind of target. The emulator's own CPU per run is read from /proc.
 Never asserts on time. Usage: .venv/bin/python bench/apply.py [--changes N] [--rtt-ms 30] [--repeat 3]
+
+It ends with the write units per change type of exact, inline and the copier (bench/units.py: computed
+from the requests each one sends); `--units` prints that table alone, in about half a minute.
 """
 
 from __future__ import annotations
@@ -249,7 +252,21 @@ def parent(args: argparse.Namespace) -> int:
         s["changes"], s["targets"] = results[0]["changes"], results[0]["targets"]
         rows.append((label, s))
     report(args, rows, workload, (load_start, os.getloadavg()[0]))
+    print()
+    units = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--units"], capture_output=True,
+                           text=True, cwd=ROOT, timeout=600, check=True)
+    print(units.stdout, end="")
     print(f"(benchmark wall time {time.perf_counter() - started:,.0f} s)")
+    return 0
+
+
+def print_units() -> int:
+    from bench.units import KEYS, table
+
+    print(f"write units per change ({KEYS} changes of each type, one per batch, into a fresh target; "
+          "computed from the requests sent, see bench/units.py)")
+    for line in table():
+        print(line)
     return 0
 
 
@@ -285,9 +302,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--endpoint", help="use a running local stack instead of starting one")
     ap.add_argument("--no-null", action="store_true", help="skip the null-target rows")
+    ap.add_argument("--units", action="store_true", help="print only the write units per change type and mode")
     ap.add_argument("--child", choices=["tablesync", "null", "stub", "copier"], help=argparse.SUPPRESS)
     ap.add_argument("--targets", type=int, default=1, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.units:
+        return print_units()
     return child(args) if args.child else parent(args)
 
 
