@@ -41,7 +41,7 @@ from kcl_app.adapters.scan import TargetSpec, call, key_names_of, scan_pages, sh
 from kcl_app.core.attrs import AttributeValue, Item, item_to_wire, key_id, key_of
 from kcl_app.core.fence import REPAIR_SUFFIX, StillAt, repair_version
 from kcl_app.core.plan import Write
-from kcl_app.core.records import Change
+from kcl_app.core.records import Change, EventName
 from kcl_app.core.retry import Backoff
 from kcl_app.ports import Clock, GuardedWriter
 
@@ -449,7 +449,7 @@ class Verifier:
         if spec.mode == "inline" and not exists and desired is None:
             return "repaired"  # the item is already absent (an inline StillAt delete needs the item at `seen`)
         version = repair_version(seen)
-        event = "REMOVE" if desired is None else ("MODIFY" if exists else "INSERT")
+        event: EventName = "REMOVE" if desired is None else ("MODIFY" if exists else "INSERT")
         change = Change(table=self.source_table, event=event, key=key,
                         key_id=kid, new_image=desired, version=version, ttl_delete=False, event_id=REPAIR_SUFFIX)
         result = writer.apply([Write(spec.name, key, kid, version, desired, change, ())], deadline, StillAt(seen))  # 2
