@@ -147,7 +147,8 @@ def _policy_parameters(app: str, stream_arn: str, targets: list[str]) -> dict[st
     arn = f"arn:aws:dynamodb:{TARGET_REGION}:{ACCOUNT}:table/"
     return {**DEFAULT_WORKER_PARAMETERS, "AppName": app, "StreamArn": stream_arn,
             "TargetTableArns": ",".join(arn + t for t in targets),
-            "LedgerTableArns": ",".join(f"{arn}{t}.tablesync-ledger" for t in targets)}
+            "LedgerTableArns": ",".join(f"{arn}{t}.tablesync-{kind}" for t in targets
+                                        for kind in ("ledger", "tombstones"))}
 
 
 def _target(enforced: EnforcedStack, workdir: Path, source: str, table: str) -> Path:
@@ -261,9 +262,10 @@ def _writes_with(enforced: EnforcedStack, keys: Keys, tmp_path: Path, table: str
     for name in (table, f"{table}-inline"):
         create_table(ddb, name)
     ddb.create_table(**ledger_schema(f"{table}.tablesync-ledger"))
+    ddb.create_table(**ledger_schema(f"{table}-inline.tablesync-tombstones"))  # the ledger's schema
     tmp_path.mkdir(parents=True)
     config = tmp_path / "targets.toml"
-    config.write_text("".join(
+    config.write_text("stream_retention_hours = 24\n\n" + "".join(
         f'[[targets]]\nname = "{name}"\nsource_table = "src"\nregion = "{TARGET_REGION}"\ntable = "{name}"\n'
         f'mode = "{mode}"\nendpoint_url = "{enforced.endpoint}"\ncreate_ledger = false\n'
         f'retry_budget_seconds = 1\ndead_letter = {{ kind = "dir", path = "{tmp_path / "dlq"}" }}\n\n'
@@ -286,9 +288,10 @@ def _writes_with(enforced: EnforcedStack, keys: Keys, tmp_path: Path, table: str
 
 def test_target_actions_suffice_for_every_write_and_one_less_is_refused(
         enforced: EnforcedStack, tmp_path: Path, clock: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The target/ledger actions of the worker policy (no UpdateItem, BatchWriteItem or
-    ConditionCheckItem: kcl_app never calls them) carry puts, overwrites and deletes in both modes;
-    without dynamodb:DeleteItem every delete is refused by name and parked, nothing lost."""
+    """The target/ledger actions of the worker policy (no UpdateItem or BatchWriteItem: kcl_app never
+    calls them; ConditionCheckItem for inline creates, which check the tombstone table) carry puts,
+    overwrites and deletes in both modes; without dynamodb:DeleteItem every delete is refused by name
+    and parked, nothing lost."""
     suffix = uuid.uuid4().hex[:6]
     table, minus_table = f"t-{suffix}", f"t-minus-{suffix}"
     arns = [table, f"{table}-inline", minus_table, f"{minus_table}-inline"]
@@ -298,7 +301,8 @@ def test_target_actions_suffice_for_every_write_and_one_less_is_refused(
                       for a in s["Action"]})
     assert TARGET_REMOVED_ACTION in actions and set(actions) <= set(moto_enforcement_policy(params)["Statement"][0][
         "Action"])
-    assert not {"dynamodb:UpdateItem", "dynamodb:BatchWriteItem", "dynamodb:ConditionCheckItem"} & set(actions)
+    assert not {"dynamodb:UpdateItem", "dynamodb:BatchWriteItem"} & set(actions)
+    assert "dynamodb:ConditionCheckItem" in actions
     policy = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": actions, "Resource": "*"}]}
     worker = enforced.user(f"writer-{suffix}", policy)
     minus = dict(policy, Statement=[dict(policy["Statement"][0],
