@@ -177,7 +177,7 @@ def table() -> list[str]:
 
     from moto import mock_aws
 
-    from kcl_app.local import moto_fixes
+    from tablesync_local import moto_fixes
 
     os.environ.setdefault("AWS_ACCESS_KEY_ID", "bench")
     os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "bench")
