@@ -301,7 +301,8 @@ GAPS = [
     ("stream_retention_hours = nan\n" + MINIMAL_TARGET, "stream_retention_hours: must be a finite number"),
     (MINIMAL_TARGET + "retry_budget_seconds = inf\n", "targets[0].retry_budget_seconds: must be a finite number"),
     (MINIMAL_TARGET + "version_attribute = ''\n", "targets[0].version_attribute: must be a non-empty attribute"),
-    ('[source.key_schema]\nsrc = ["pk:S"]\n' + MINIMAL_TARGET + "mode = 'inline'\nversion_attribute = 'pk'\n",
+    ('stream_retention_hours = 24\n[source.key_schema]\nsrc = ["pk:S"]\n' + MINIMAL_TARGET
+     + "mode = 'inline'\nversion_attribute = 'pk'\n",
      "targets[0].version_attribute: 'pk' is a key attribute of src"),
     (MINIMAL_TARGET + "role_arn = 'arn:aws:iam::12345:role/x'\n",
      "targets[0].role_arn: 'arn:aws:iam::12345:role/x' is not an IAM role ARN"),
