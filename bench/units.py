@@ -181,6 +181,7 @@ def table() -> list[str]:
 
     os.environ.setdefault("AWS_ACCESS_KEY_ID", "bench")
     os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "bench")
+    os.environ.setdefault("AWS_DEFAULT_REGION", "eu-west-1")
     moto_fixes.install()
     lines = [f"{'item size':<10}{'change':<18}" + "".join(f"{m:>16}" for m in MODES) + "   requests (exact | inline)"]
     with mock_aws():

@@ -29,6 +29,8 @@ TARGET_ITEM = {"pk": {"S": "k1"}, "email": {"S": SECRETS[4]}, "card": {"S": "x" 
                "blob": {"B": b"\x00"}, "nick": {"S": SECRETS[4] + "-2"}}
 
 CONFIG = """
+stream_retention_hours = 24
+
 [source]
 region = "us-east-1"
 
