@@ -1,9 +1,10 @@
 """`inline` mode: the version is an attribute of the target item; deletes leave a tombstone beside it.
 
 The one owner of inline mode's fence: the item's version attribute, the tombstone table's rows
-`{k: tombstone key, v: version token, exp: expiry}` and every inline condition expression appear in
-this module only (`condition()` builds them all). Every inline write (stream, backfill, repair,
-redrive) goes through `InlineWriter.apply` with a guard from `kcl_app.core.fence`.
+`{k: key id (bounded, kcl_app.core.attrs.key_id), v: version token, exp: expiry}` and every inline
+condition expression appear in this module only (`condition()` builds them all). Every inline write
+(stream, backfill, repair, redrive) goes through `InlineWriter.apply` with a guard from
+`kcl_app.core.fence`.
 
 The tombstone table has the ledger's schema (partition key `k`, TTL on `exp`), lives in the target's
 account and region, and is written only by deletes. Three paths, one call each:
@@ -45,7 +46,6 @@ last error. No write is started once the deadline has passed.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -65,21 +65,12 @@ log = logging.getLogger("tablesync.inline")
 Part = Literal["update", "create-item", "create-tombstone", "delete-item", "delete-tombstone"]
 Path = Literal["update", "create", "delete"]
 Expression = tuple[str, dict[str, str], dict[str, Any]]
-MAX_KEY_BYTES = 2048  # DynamoDB's partition key limit
 # The tombstone row. The names are the ledger's on purpose: `ensure_ledger` creates the table (key and TTL
 # attribute), and a ledger table made by the infrastructure serves as a tombstone table.
 TOMBSTONE_KEY = "k"
 TOMBSTONE_VERSION = "v"
 TOMBSTONE_EXPIRES = "exp"
 _FLIPS_WITHOUT_PAUSE = 2
-
-
-def tombstone_key(key_id: str) -> str:
-    """The tombstone row's key: the key id, or a digest of it when it exceeds DynamoDB's key limit
-    (a key id always starts with `{`, so the two forms cannot collide)."""
-    if len(key_id.encode("utf-8")) <= MAX_KEY_BYTES:
-        return key_id
-    return "#sha256:" + hashlib.sha256(key_id.encode("utf-8")).hexdigest()
 
 
 def ensure_tombstones(client: Any, table: str) -> bool:
@@ -177,7 +168,7 @@ class InlineWriter:
         if item is not None:
             token = item.get(self.version_attribute, {}).get("S")
         else:
-            row = read(self.tombstone_table, {TOMBSTONE_KEY: {"S": tombstone_key(key_id)}})
+            row = read(self.tombstone_table, {TOMBSTONE_KEY: {"S": key_id}})
             token = (row or {}).get(TOMBSTONE_VERSION, {}).get("S")
         return item is not None, (Version.from_token(token) if token is not None else None)
 
@@ -194,7 +185,7 @@ class InlineWriter:
         return {**(write.item or {}), self.version_attribute: {"S": write.version.token()}}
 
     def _tombstone(self, write: Write) -> dict[str, Any]:
-        return {TOMBSTONE_KEY: {"S": tombstone_key(write.key_id)}}
+        return {TOMBSTONE_KEY: {"S": write.key_id}}
 
     def _request(self, write: Write, guard: Guard, path: Path) -> tuple[str, dict[str, Any]]:
         """(client method, arguments) of `write` on `path`."""
@@ -276,4 +267,4 @@ class InlineWriter:
         return "retry"
 
 
-__all__ = ["InlineWriter", "condition", "ensure_tombstones", "tombstone_key"]
+__all__ = ["InlineWriter", "condition", "ensure_tombstones"]
