@@ -18,6 +18,7 @@ import pytest
 
 from kcl_app.adapters.dead_letters import DirectoryDeadLetters
 from kcl_app.adapters.export import DynamoImports, S3Exports
+from kcl_app.adapters.inline import ensure_tombstones
 from kcl_app.adapters.ledger import LedgerWriter, ensure_ledger
 from kcl_app.adapters.metrics import RecordingMetrics
 from kcl_app.backfill import TargetSpec
@@ -259,7 +260,7 @@ def test_seed_refuses_without_point_in_time_recovery_and_says_how(clock) -> None
     source, _, _ = live_source(5, pitr=False)
     target = boto3.client("dynamodb", region_name=TARGET_REGION)
     create_table(target, "t")
-    spec = TargetSpec(TargetRule("a", "source"), target, "t", "inline")
+    spec = TargetSpec(TargetRule("a", "source"), target, "t", "inline", tombstone_table="t.tombstones")
     with pytest.raises(PitrDisabled, match="update-continuous-backups --table-name source"):
         seed(exports_of(source, clock), DynamoImports(target, clock), "source", spec, clock, bucket=BUCKET,
              prefix="p")
@@ -302,7 +303,8 @@ def test_untrusted_export_files_fail_lines_not_the_seed_and_foreign_keys_are_ref
     s3.put_object(Bucket=BUCKET, Key=data, Body=gzip.compress("\n".join(forged).encode()))
     target = boto3.client("dynamodb", region_name=TARGET_REGION)
     create_table(target, "t")
-    spec = TargetSpec(TargetRule("a", "source"), target, "t", "inline")
+    ensure_tombstones(target, "t.tombstones")
+    spec = TargetSpec(TargetRule("a", "source"), target, "t", "inline", tombstone_table="t.tombstones")
 
     class Again(S3Exports):
         def start(self, *args: Any, **kwargs: Any) -> ExportState:
