@@ -149,9 +149,7 @@ def build_properties(args: argparse.Namespace, environ: dict[str, str]) -> str:
     except OSError as exc:
         raise UsageError(f"--properties {args.properties}: {exc.strerror or exc}") from exc
     if path is None:  # the environment-only configuration: the processors read the environment
-        executable = daemon.parse_properties(template).get("executableName", "")
-        if "{config}" in executable:
-            overrides["executableName"] = executable.replace("--config {config}", "").replace("{python}", python)
+        template = template.replace("--config {config}", "")
     try:
         return daemon.render_properties(template, substitutions, overrides)
     except daemon.PropertiesError as exc:
