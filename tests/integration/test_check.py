@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -246,7 +247,8 @@ def test_target_not_writable_with_these_credentials_fails(enforced: LocalStack, 
                                               aws_secret_access_key=admin["AWS_SECRET_ACCESS_KEY"])
 
     world = World(enforced, tmp_path)
-    world.ddb, world.kinesis, world.target_ddb = client("dynamodb"), client("kinesis"), client("dynamodb", TARGET_REGION)
+    world.ddb, world.kinesis = client("dynamodb"), client("kinesis")
+    world.target_ddb = client("dynamodb", TARGET_REGION)
     world.source_with_destination()
     world.table(world.target_ddb, f"dst-{world.suffix}")
     without_delete = ["dynamodb:DescribeTable", "dynamodb:DescribeKinesisStreamingDestination", "dynamodb:Scan",
@@ -341,3 +343,21 @@ def test_backfill_interrupted_says_what_was_done_and_resumes(ready: World) -> No
     doc = json.loads(restarted.stdout)
     assert restarted.returncode == 0 and doc["resumed"] is False and doc["scanned"] == 300
     assert doc["skipped"] == {"t0": 300}  # every key already seen: a restart re-scans, writes nothing twice
+
+
+@pytest.mark.skipif(shutil.which("aws") is None, reason="the walk-through uses the aws CLI")
+def test_the_readme_walk_through_sets_up_what_check_passes(local_stack: LocalStack, tmp_path: Path) -> None:
+    """The README's by-hand walk-through, run as written (names made unique, the stack is this session's)."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = text.split("### By hand on the local stack", 1)[1]
+    block = section.split("```sh\n", 1)[1].split("```", 1)[0]
+    assert block.splitlines()[0].startswith('eval "$(.venv/bin/tablesync local up)"')
+    suffix = uuid.uuid4().hex[:6]
+    script = "\n".join(block.splitlines()[1:]).replace("orders", f"orders{suffix}")
+    script = script.replace(".venv/bin/", f"{ROOT}/.venv/bin/")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "TABLESYNC_"))}
+    env.update(local_stack.env(REGION), PYTHONPATH=str(ROOT))
+    done = subprocess.run(["bash", "-euo", "pipefail", "-c", script], capture_output=True, text=True, env=env,
+                          cwd=tmp_path, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.splitlines()[-1].startswith("OK: 7 ok"), done.stdout
