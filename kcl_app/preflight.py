@@ -18,7 +18,10 @@ Each check yields one `Finding` (OK, WARN or FAIL, what was found, what to do):
                while holding rows: a target re-created after its ledger would have every key the
                ledger remembers skipped by the stream and the backfill as already seen.
 
-Talks to AWS only through the clients it is given (compose builds them).
+A check the worker itself does not need permission for (the source table, its destination, the
+ledger's rows: the least-privilege worker role of infra/ has none of them) is a WARN when access is
+denied, "not checked", so that `run` with that role still starts; the others FAIL on a denial,
+as the worker would. Talks to AWS only through the clients it is given (compose builds them).
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal
 
-from kcl_app.adapters.ledger import LEDGER_KEY, LedgerState, ledger_state
+from kcl_app.adapters.ledger import LedgerState, ledger_probe, ledger_state
 from kcl_app.adapters.retry import describe
 from kcl_app.config import Config, TargetConfig
 
@@ -187,6 +190,10 @@ def _check_source(client: DynamoDBClient, table: str, report: Report) -> KeySche
         if info.code == "ResourceNotFoundException":
             report.add(check, "FAIL", f"source table {table!r} does not exist in {client.meta.region_name}",
                        "check `source_table` / `[source] table` and `[source] region` (or --region)")
+        elif _denied(info.code):
+            report.add(check, "WARN", "not checked: these credentials may not describe the source table "
+                       f"({info.code}); the worker does not need to", "run tablesync check with credentials that may "
+                       "dynamodb:DescribeTable and DescribeKinesisStreamingDestination on the source")
         else:
             report.add(check, "FAIL", f"cannot describe the source table: {info}", _access_fix(info.code))
         return None
@@ -211,7 +218,12 @@ def _check_destination(client: DynamoDBClient, table: str, stream: str | None, c
         info = describe(exc)
         if info.code == "ResourceNotFoundException":
             return None  # the source check already failed
-        report.add(check, "FAIL", f"cannot read the Kinesis streaming destination: {info}", _access_fix(info.code))
+        if _denied(info.code):
+            report.add(check, "WARN", f"not checked: these credentials may not read the destination ({info.code})",
+                       "run tablesync check with credentials that may dynamodb:DescribeKinesisStreamingDestination")
+        else:
+            report.add(check, "FAIL", f"cannot read the Kinesis streaming destination: {info}",
+                       _access_fix(info.code))
         return None
     destinations = answer.get("KinesisDataStreamDestinations", [])
     active = [d for d in destinations if d.get("DestinationStatus") in ("ACTIVE", "UPDATING")]
@@ -303,7 +315,12 @@ def _check_ledger(client: DynamoDBClient, target: TargetConfig, table: Mapping[s
         state = ledger_state(client, target.ledger)
     except Exception as exc:  # noqa: BLE001 - every answer is a finding
         info = describe(exc)
-        report.add(check, "FAIL", f"cannot read ledger {target.ledger!r}: {info}", _access_fix(info.code, target))
+        if _denied(info.code):  # the worker may not Scan its ledger: it never needs to
+            report.add(check, "WARN", f"not checked: these credentials may not read ledger {target.ledger!r} "
+                       f"({info.code})", "run tablesync check with credentials that may dynamodb:Scan and "
+                       "GetItem on the ledger")
+        else:
+            report.add(check, "FAIL", f"cannot read ledger {target.ledger!r}: {info}", _access_fix(info.code, target))
         return None
     if not state.exists:
         if target.create_ledger:
@@ -316,7 +333,10 @@ def _check_ledger(client: DynamoDBClient, target: TargetConfig, table: Mapping[s
     created = table.get("CreationDateTime")
     since = state.since
     if state.has_rows and created is not None and since is not None and created > since:
-        empty = not client.scan(TableName=target.table, Limit=1, ConsistentRead=True).get("Items")
+        try:
+            empty = not client.scan(TableName=target.table, Limit=1, ConsistentRead=True).get("Items")
+        except Exception:  # noqa: BLE001 - only a detail of the message
+            empty = False
         report.add(check, "FAIL",
                    f"target {target.table!r} was created at {_fmt_time(created)}, after its ledger "
                    f"{target.ledger!r} started remembering keys ({_fmt_time(since)}), and the ledger holds rows"
@@ -351,15 +371,15 @@ def _probe(client: DynamoDBClient, target: TargetConfig, schema: KeySchema, ledg
     DynamoDB authorises a request before it evaluates its condition, so a write whose condition can
     never hold answers AccessDenied when the permission is missing and ConditionalCheckFailed when it
     is granted, and changes nothing either way (no item, no stream record; it costs one write unit).
-    The condition is a contradiction (`attribute_exists(#k) AND attribute_not_exists(#k)`), so even an
+    The condition is a contradiction (`attribute_exists(#p) AND attribute_not_exists(#p)`), so even an
     item at the random probe key (there is none) would be left alone.
 
     exact mode: one TransactWriteItems as the ledger writer sends them (Put and Delete on the target,
     Put on the ledger when it exists), answered TransactionCanceled with every reason
     ConditionalCheckFailed; inline mode: a conditional PutItem and DeleteItem. Returns what was
     proved; raises the error of a refused probe."""
-    never_holds = "attribute_exists(#k) AND attribute_not_exists(#k)"
-    never: dict[str, Any] = {"ConditionExpression": never_holds, "ExpressionAttributeNames": {"#k": schema[0][0]}}
+    never_holds = "attribute_exists(#p) AND attribute_not_exists(#p)"
+    never: dict[str, Any] = {"ConditionExpression": never_holds, "ExpressionAttributeNames": {"#p": schema[0][0]}}
     keys = [_probe_key(schema), _probe_key(schema)]
     if target.mode == "exact":
         actions: list[dict[str, Any]] = [
@@ -367,9 +387,7 @@ def _probe(client: DynamoDBClient, target: TargetConfig, schema: KeySchema, ledg
             {"Delete": {"TableName": target.table, "Key": keys[1], **never}},
         ]
         if ledger is not None and ledger.exists:
-            row = {LEDGER_KEY: {"S": f"#tablesync-probe-{uuid.uuid4()}"}}
-            actions.append({"Put": {"TableName": target.ledger, "Item": row, "ConditionExpression": never_holds,
-                                    "ExpressionAttributeNames": {"#k": LEDGER_KEY}}})
+            actions.append(ledger_probe(target.ledger))
         try:
             client.transact_write_items(TransactItems=actions)  # type: ignore[arg-type]
         except Exception as exc:
@@ -413,8 +431,12 @@ def _stream_names(client: KinesisClient) -> list[str]:
         return []
 
 
+def _denied(code: str) -> bool:
+    return code in _DENIED or "AccessDenied" in code
+
+
 def _access_fix(code: str, target: TargetConfig | None = None) -> str:
-    if code in _DENIED or "AccessDenied" in code:
+    if _denied(code):
         if target is not None and target.role_arn:
             return (f"check that {target.role_arn} can be assumed (trust policy, external_id) and grants "
                     "dynamodb:DescribeTable, PutItem, DeleteItem, GetItem, Scan on the target and its ledger")

@@ -25,6 +25,7 @@ The ledger lives in the target's account and region, next to the target table.
 from __future__ import annotations
 
 import logging
+import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -275,6 +276,14 @@ def ledger_state(client: Any, table: str) -> LedgerState:
     return LedgerState(True, created, reset_at, has_rows)
 
 
+def ledger_probe(table: str) -> dict[str, Any]:
+    """A TransactWriteItems action that proves permission to write ledger rows and never writes one:
+    a Put of a random row whose condition is a contradiction (see kcl_app.preflight)."""
+    return {"Put": {"TableName": table, "Item": {LEDGER_KEY: {"S": f"#tablesync-probe-{uuid.uuid4()}"}},
+                    "ConditionExpression": "attribute_exists(#k) AND attribute_not_exists(#k)",
+                    "ExpressionAttributeNames": {"#k": LEDGER_KEY}}}
+
+
 def reset_ledger(client: Any, table: str, now: Callable[[], float],
                  progress: Callable[[int], None] | None = None) -> tuple[int, int]:
     """Forget every key of the ledger `table`, for a target that was re-created empty.
@@ -318,4 +327,4 @@ def reset_ledger(client: Any, table: str, now: Callable[[], float],
 
 
 __all__ = ["MAX_PAIRS", "RESET_MARKER", "LedgerState", "LedgerWriter", "condition", "ensure_ledger",
-           "ledger_schema", "ledger_state", "reset_ledger"]
+           "ledger_probe", "ledger_schema", "ledger_state", "reset_ledger"]

@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 import pytest
 
 from kcl_app import daemon
+from kcl_app.local.fleet import create_source, create_table
 
 pytestmark = [pytest.mark.integration, pytest.mark.daemon, pytest.mark.timeout(120)]
 
@@ -87,8 +88,9 @@ def test_daemon_delivers_checkpoints_and_stops_gracefully(local_stack: Any, tmp_
     name = f"smoke-{uuid.uuid4().hex[:8]}"
     stream, app = name, f"{name}-app"
     kinesis, dynamodb = local_stack.client("kinesis"), local_stack.client("dynamodb")
-    kinesis.create_stream(StreamName=stream, ShardCount=2)
-    kinesis.get_waiter("stream_exists").wait(StreamName=stream, WaiterConfig={"Delay": 0.2, "MaxAttempts": 50})
+    # what `run` checks before it starts: a source streaming into the stream, a target like it
+    create_source(dynamodb, kinesis, f"{name}-src", stream, 2)
+    create_table(dynamodb, f"{name}-dst")
     placed = _put_records(kinesis, stream)
 
     # The shipped local template, with the echo processor as the executable.
@@ -98,7 +100,8 @@ def test_daemon_delivers_checkpoints_and_stops_gracefully(local_stack: Any, tmp_
         {"python": sys.executable, "config": "/unused", "endpoint": local_stack.endpoint},
         {"executableName": f"{sys.executable} {ECHO}"}))
     config = tmp_path / "targets.toml"
-    config.write_text("# unused by the echo processor\n")
+    config.write_text(f'[[targets]]\nname = "t"\nsource_table = "{name}-src"\ntable = "{name}-dst"\n'
+                      'region = "us-east-1"\n')  # read by the pre-flight check only (the echo ignores it)
     echo, log = tmp_path / "echo.jsonl", tmp_path / "daemon.log"
     env = {**os.environ, **local_stack.env(), "TABLESYNC_ECHO_FILE": str(echo)}
     grace_s = int(daemon.parse_properties(properties.read_text())["shutdownGraceMillis"]) / 1000

@@ -296,3 +296,13 @@ def test_a_balanced_fleet_keeps_its_leases(name: str) -> None:
     assert props["allowThroughputOvershoot"] == "false"
     rounds = int(props["varianceBalancingFrequency"])
     assert rounds * int(props["leaseAssignmentIntervalMillis"]) >= 15_000, "rebalancing at most every 15 s"
+
+
+def test_the_daemon_has_the_sso_jars_at_its_sdk_version() -> None:
+    """IAM Identity Center profiles need the SDK's sso and ssooidc clients on the daemon's classpath
+    (scripts/setup.sh adds them to kclpy's Maven dependencies at its ${awssdk.version})."""
+    jars = {p.name for p in daemon.jars_dir().glob("*.jar")}
+    core = sorted(j for j in jars if j.startswith("sdk-core-"))
+    assert core, "no AWS SDK core jar"
+    version = core[0][len("sdk-core-"):-len(".jar")]
+    assert {f"sso-{version}.jar", f"ssooidc-{version}.jar"} <= jars, sorted(j for j in jars if "sso" in j)
