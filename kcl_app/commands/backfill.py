@@ -106,6 +106,9 @@ def _interrupted(exc: Interrupted) -> int:
 def run(args: argparse.Namespace) -> int:
     try:
         config = load(args.config)
+        if not args.skip_stream_check and not args.app:
+            raise UsageError("--app KCL_APP is required to check that the stream consumer started "
+                             "before the scan (or pass --skip-stream-check)")
         if args.reset_ledger:
             _reset_ledgers(config, args)
         chosen = [t for t in ([config.target(n) for n in args.target] if args.target else config.targets)
@@ -115,9 +118,6 @@ def run(args: argparse.Namespace) -> int:
             return EXIT_REFUSED
         source = source_dynamodb(config)
         if not args.skip_stream_check:
-            if not args.app:
-                raise UsageError("--app KCL_APP is required to check that the stream consumer started "
-                                 "before the scan (or pass --skip-stream-check)")
             stream = args.stream or stream_of(source, args.source_table)
             check_stream_consumer(source, source_kinesis(config), args.app, stream)
         specs = target_specs(config, args.target, args.source_table, prepare=True)
