@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from kcl_app.local.stack import LocalStack, poll_until, start_subprocess
+from tablesync_local.stack import LocalStack, poll_until, start_subprocess
 
 pytestmark = pytest.mark.integration
 

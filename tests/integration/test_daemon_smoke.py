@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 import pytest
 
 from kcl_app import daemon
-from kcl_app.local.fleet import create_source, create_table
+from tablesync_local.fleet import create_source, create_table
 
 pytestmark = [pytest.mark.integration, pytest.mark.daemon, pytest.mark.timeout(120)]
 
