@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from kcl_app.adapters.ledger import LedgerState, ledger_probe, ledger_state
 from kcl_app.adapters.retry import describe
 from kcl_app.config import Config, TargetConfig
+from kcl_app.core.errors import ConfigError
 
 if TYPE_CHECKING:
     from types_boto3_dynamodb import DynamoDBClient
@@ -168,8 +169,6 @@ def run_checks(config: Config, clients: Clients, *, stream: str | None = None,
 
 def config_finding(load: Callable[[], Config], origin: str, report: Report) -> Config | None:
     """Check 1: `load()` the configuration; a refusal becomes a FAIL finding (and None)."""
-    from kcl_app.core.errors import ConfigError
-
     try:
         config = load()
     except ConfigError as exc:
