@@ -25,7 +25,7 @@ import pytest
 from kcl_app import daemon
 from tablesync_local.fleet import create_source, create_table
 
-pytestmark = [pytest.mark.integration, pytest.mark.daemon, pytest.mark.timeout(120)]
+pytestmark = [pytest.mark.integration, pytest.mark.daemon, pytest.mark.timeout(180)]
 
 REPO = Path(__file__).resolve().parents[2]
 ECHO = Path(__file__).resolve().parent / "echo_processor.py"
@@ -111,7 +111,9 @@ def test_daemon_delivers_checkpoints_and_stops_gracefully(local_stack: Any, tmp_
     with tablesync_run(argv, env) as proc:
         started = time.monotonic()
         # 1 every record reaches the processor, on the shard Kinesis put it in
-        wait_for(lambda: len(_echoed(echo)) >= RECORDS, 60, "all records echoed", proc, log)
+        # 90 s: `run` checks the source, stream and target before it starts the daemon (on a loaded
+        # machine the JVM start and the first lease sync alone have taken 55 s)
+        wait_for(lambda: len(_echoed(echo)) >= RECORDS, 90, "all records echoed", proc, log)
         first_batch_s = time.monotonic() - started
         got = {(r["data"], r["shard"]) for r in _echoed(echo)}
         assert got == set(placed.items())
