@@ -23,6 +23,7 @@ writes are conditional, so a second pass only adds skips.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -123,15 +124,17 @@ class BackfillState:
 
     @classmethod
     def open(cls, state_dir: str | os.PathLike[str], source_table: str, targets: Sequence[str],
-             total: int) -> BackfillState:
+             total: int, restart: bool = False) -> BackfillState:
+        """The saved progress of this backfill (resumed), or a fresh one; `restart` ignores what is
+        saved (it is replaced at the first saved page)."""
         path = Path(state_dir) / f"backfill-{source_table}--{'+'.join(sorted(targets))}.json"
         state = cls(path, source_table, targets, total)
-        if path.exists():
+        if path.exists() and not restart:
             doc = json.loads(path.read_text(encoding="utf-8"))
             if doc.get("total_segments") != total or doc.get("targets") != state.targets:
                 raise StateMismatch(
                     f"{path} belongs to a backfill with {doc.get('total_segments')} segments and targets "
-                    f"{doc.get('targets')}; rerun with those, or delete the file to start over")
+                    f"{doc.get('targets')}; rerun with those, or pass --restart to start over")
             state.segments = [SegmentState(**s) for s in doc["segments"]]
             state.resumed = True
         return state
@@ -234,6 +237,15 @@ class Stop(Exception):
     """Raised in the other segments once one segment failed, so the run ends at a page boundary."""
 
 
+class Interrupted(ReplicationError):
+    """Ctrl-C: every segment stopped at a page boundary; `report` is what was done (all of it saved)."""
+
+    def __init__(self, report: BackfillReport, state_path: Path) -> None:
+        super().__init__(f"interrupted; progress saved in {state_path}")
+        self.report = report
+        self.state_path = state_path
+
+
 def backfill(
     source: Any,
     source_table: str,
@@ -315,6 +327,7 @@ def backfill(
     if state.resumed:
         log.info("resuming backfill of %s: %d of %d segments left", source_table, len(todo), state.total)
     first_error: list[BaseException] = []
+    interrupted = False
     with ThreadPoolExecutor(max(1, len(todo)), thread_name_prefix="ts-backfill") as pool:
         futures = [pool.submit(run_segment, s) for s in todo]
         for future in futures:
@@ -322,12 +335,24 @@ def backfill(
                 future.result()
             except Stop:
                 continue
+            except KeyboardInterrupt:  # Ctrl-C reaches this (main) thread: stop the segments, say so now
+                stop.set()
+                interrupted = True
+                running = sum(not f.done() for f in futures)
+                log.warning("interrupted: stopping %d running segment(s) at their next page boundary; "
+                            "what is done is saved", running)
+                for other in futures:  # each ends at its page boundary (raises Stop) or has ended;
+                    with contextlib.suppress(Exception):  # an unsaved page is scanned again on resume
+                        other.result()
+                break
             except BaseException as exc:  # noqa: BLE001 - re-raised below, after every segment stopped
                 stop.set()
                 first_error.append(exc)
     for t in targets:
         if t.writer is None:  # built here: closed here
             getattr(fenced[t.name], "close", lambda: None)()
+    if interrupted:
+        raise Interrupted(_report(source_table, state), state.path)
     if first_error:
         raise first_error[0]
     report_progress(force=True)

@@ -10,6 +10,7 @@ the base session every client here is built from. A region written in targets.to
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import re
@@ -35,6 +36,7 @@ from kcl_app.core.checks import KeySchema
 from kcl_app.core.errors import ConfigError
 from kcl_app.pipeline import POISON_STORE, UNMAPPED_STORE, Pipeline
 from kcl_app.ports import Clock, DeadLetterSink, Metrics, TargetWriter
+from kcl_app.preflight import Clients as PreflightClients
 
 if TYPE_CHECKING:
     from types_boto3_dynamodb import DynamoDBClient
@@ -183,6 +185,19 @@ def target_specs(config: Config, names: Sequence[str] | None, source_table: str 
             (ensure_ledger if target.mode == "exact" else ensure_tombstones)(client, fence_table_of(target))
         specs.append(TargetSpec.from_config(target, config, client))
     return specs
+
+
+def preflight_clients(config: Config, endpoint_url: str | None = None) -> PreflightClients:
+    """The clients `tablesync check` (and run/backfill/verify before they start) talk to.
+
+    `endpoint_url` (`--endpoint`: an emulator) applies where the config names no endpoint."""
+    if endpoint_url:
+        config = dataclasses.replace(
+            config, source_endpoint_url=config.source_endpoint_url or endpoint_url,
+            targets=tuple(dataclasses.replace(t, endpoint_url=t.endpoint_url or endpoint_url)
+                          for t in config.targets))
+    return PreflightClients(source_dynamodb(config, max_pool=10), source_kinesis(config),
+                            {t.name: dynamodb_client(t) for t in config.targets})
 
 
 @dataclass(frozen=True)
@@ -352,4 +367,4 @@ def build_engine(config: Config, *, clock: Clock | None = None, metrics: Metrics
 
 
 __all__ = ["POISON_STORE", "UNMAPPED_STORE", "Engine", "base_session", "build_engine", "configure_aws",
-           "lease_clients", "session_for", "source_dynamodb", "source_kinesis", "target_specs"]
+           "lease_clients", "preflight_clients", "session_for", "source_dynamodb", "source_kinesis", "target_specs"]

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Sets up everything tablesync needs on this machine, idempotently:
-#   1. checks Python 3.11+ and Java 17+ (clear message if missing)
-#   2. resolves the KCL MultiLangDaemon jars with Maven (cached in ~/.m2)
+#   1. checks Python 3.11/3.12 and Java 17+ (clear message if missing)
+#   2. resolves the KCL MultiLangDaemon jars with Maven (cached in ~/.m2), plus the AWS SDK's
+#      SSO jars so that IAM Identity Center profiles work for the daemon
 #   3. creates .venv and installs tablesync with the tested set of requirements.lock (hashes
 #      checked), and its local emulator (tablesync-local, a separate distribution kept out of the
 #      product wheel); amazon-kclpy is built from its sdist (hash checked against the lock) with the
@@ -23,9 +24,10 @@ fi
 
 # 1. toolchain
 PY=${PYTHON:-python3}
-command -v "$PY" >/dev/null || die "python3 not found: install Python 3.11"
-"$PY" -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
-  || die "Python 3.11+ is required, found $("$PY" --version 2>&1)"
+# The same range as pyproject.toml's requires-python (>=3.11,<3.13); PYTHON=python3.12 picks another.
+command -v "$PY" >/dev/null || die "python3 not found: install Python 3.11 or 3.12"
+"$PY" -c 'import sys; sys.exit(not (3, 11) <= sys.version_info[:2] < (3, 13))' \
+  || die "Python 3.11 or 3.12 is required (pyproject.toml: >=3.11,<3.13), found $("$PY" --version 2>&1); set PYTHON=python3.12"
 command -v java >/dev/null || die "java not found: install a Java 17 runtime (apt-get install openjdk-17-jre-headless)"
 jv=$(java -version 2>&1 | sed -n 's/.*version "\([0-9]*\).*/\1/p' | head -1)
 [ "${jv:-0}" -ge 17 ] || die "Java 17+ is required by the KCL 3.x daemon, found ${jv:-unknown}"
@@ -45,8 +47,13 @@ echo "${want:-missing}  $sdist" | sha256sum --check --status \
 src=$work/amazon_kclpy-$KCLPY_VERSION
 [ -d "$src" ] || tar -xzf "$sdist" -C "$work"
 pom=$work/kcl-pom.xml
-sed 's#<modelVersion>4.0.0</modelVersion>#<modelVersion>4.0.0</modelVersion><groupId>tablesync</groupId><artifactId>kcl-jars</artifactId><version>1</version>#' \
-  "$src/pom.xml" > "$pom"
+# + the SDK's SSO and SSO-OIDC clients at the SDK version kclpy pins (${awssdk.version}): without them
+#   the daemon's default credential chain cannot use IAM Identity Center (SSO) profiles.
+sso='<dependency><groupId>software.amazon.awssdk</groupId><artifactId>sso</artifactId><version>${awssdk.version}</version></dependency>'
+sso="$sso"'<dependency><groupId>software.amazon.awssdk</groupId><artifactId>ssooidc</artifactId><version>${awssdk.version}</version></dependency>'
+sed -e 's#<modelVersion>4.0.0</modelVersion>#<modelVersion>4.0.0</modelVersion><groupId>tablesync</groupId><artifactId>kcl-jars</artifactId><version>1</version>#' \
+    -e "0,/<dependencies>/s#<dependencies>#<dependencies>$sso#" "$src/pom.xml" > "$pom"
+grep -q '<artifactId>ssooidc</artifactId>' "$pom" || die "could not add the SSO jars to $pom"
 say "resolving KCL jars with Maven (first run downloads ~90 jars)"
 mvn -q -B -f "$pom" dependency:copy-dependencies -DoutputDirectory="$src/amazon_kclpy/jars" \
   -DincludeScope=runtime >"$work/mvn.log" 2>&1 || { tail -30 "$work/mvn.log" >&2; die "Maven could not resolve the KCL jars (log: $work/mvn.log)"; }

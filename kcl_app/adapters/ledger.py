@@ -25,8 +25,11 @@ The ledger lives in the target's account and region, next to the target table.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+import uuid
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from botocore.exceptions import ClientError
@@ -47,6 +50,10 @@ LEDGER_VERSION = "v"
 LEDGER_DELETED = "d"
 LEDGER_EXPIRES = "exp"
 _NAMES = {"#k": LEDGER_KEY, "#v": LEDGER_VERSION}
+# The row a completed `reset_ledger` leaves: its `at` is when the ledger started over. Key ids are
+# JSON objects (or digests), so no key id can start with "#".
+RESET_MARKER = "#tablesync-reset"
+RESET_AT = "at"
 
 
 def ledger_schema(table: str) -> dict[str, Any]:
@@ -234,4 +241,90 @@ class LedgerWriter:
         return retry, pause or len(retry) == len(pending)  # nothing settled: never spin without a pause
 
 
-__all__ = ["MAX_PAIRS", "LedgerWriter", "condition", "ensure_ledger", "ledger_schema"]
+# -- what `tablesync check` and `backfill --reset-ledger` need to know of a ledger -------------------
+@dataclass(frozen=True)
+class LedgerState:
+    """A ledger table as the pre-flight check sees it.
+
+    `since` is when the ledger started remembering: its creation, or the last completed reset."""
+
+    exists: bool
+    created: datetime | None = None
+    reset_at: datetime | None = None
+    has_rows: bool = False
+
+    @property
+    def since(self) -> datetime | None:
+        return max((t for t in (self.created, self.reset_at) if t is not None), default=None)
+
+
+def ledger_state(client: Any, table: str) -> LedgerState:
+    """Describe `table` (a ledger) and read at most two rows. Raises ClientError except for a missing table."""
+    try:
+        created = client.describe_table(TableName=table)["Table"].get("CreationDateTime")
+    except ClientError as exc:
+        if describe(exc).code == "ResourceNotFoundException":
+            return LedgerState(exists=False)
+        raise
+    # Two rows suffice: if the marker is one of them, the other is a key's row when there is any.
+    rows = client.scan(TableName=table, Limit=2, ConsistentRead=True).get("Items", [])
+    marker = client.get_item(TableName=table, Key={LEDGER_KEY: {"S": RESET_MARKER}}, ConsistentRead=True).get("Item")
+    reset_at = None
+    if marker and RESET_AT in marker:
+        reset_at = datetime.fromtimestamp(float(marker[RESET_AT]["N"]), tz=UTC)
+    has_rows = any(r.get(LEDGER_KEY, {}).get("S") != RESET_MARKER for r in rows)
+    return LedgerState(True, created, reset_at, has_rows)
+
+
+def ledger_probe(table: str) -> dict[str, Any]:
+    """A TransactWriteItems action that proves permission to write ledger rows and never writes one:
+    a Put of a random row whose condition is a contradiction (see kcl_app.preflight)."""
+    return {"Put": {"TableName": table, "Item": {LEDGER_KEY: {"S": f"#tablesync-probe-{uuid.uuid4()}"}},
+                    "ConditionExpression": "attribute_exists(#k) AND attribute_not_exists(#k)",
+                    "ExpressionAttributeNames": {"#k": LEDGER_KEY}}}
+
+
+def reset_ledger(client: Any, table: str, now: Callable[[], float],
+                 progress: Callable[[int], None] | None = None) -> tuple[int, int]:
+    """Forget every key of the ledger `table`, for a target that was re-created empty.
+
+    Each row is deleted only if it is still what the scan read (`#v = :seen`, or no `v`): a row the
+    stream wrote or advanced meanwhile is kept, as it describes the new table. Then the marker row
+    records the reset's time, so that `tablesync check` knows the ledger is younger than the target.
+    Hazard (docs/backfill.md): forgotten tombstones and versions no longer fence replays of changes
+    older than the reset; run it with the workers stopped or a backfill right after, and verify.
+    Returns (deleted, kept)."""
+    deleted = kept = 0
+    kwargs: dict[str, Any] = {"TableName": table, "ConsistentRead": True}
+    while True:
+        page = client.scan(**kwargs)
+        for row in page.get("Items", []):
+            key = row.get(LEDGER_KEY, {}).get("S")
+            if key is None or key == RESET_MARKER:
+                continue
+            seen = row.get(LEDGER_VERSION, {}).get("S")
+            args: dict[str, Any] = {"TableName": table, "Key": {LEDGER_KEY: {"S": key}}}
+            if seen is None:
+                args.update(ConditionExpression="attribute_not_exists(#v)",
+                            ExpressionAttributeNames={"#v": LEDGER_VERSION})
+            else:
+                args.update(ConditionExpression="#v = :seen", ExpressionAttributeNames={"#v": LEDGER_VERSION},
+                            ExpressionAttributeValues={":seen": {"S": seen}})
+            try:
+                client.delete_item(**args)
+                deleted += 1
+            except ClientError as exc:
+                if describe(exc).code != "ConditionalCheckFailedException":
+                    raise
+                kept += 1
+        if progress:
+            progress(deleted)
+        if "LastEvaluatedKey" not in page:
+            break
+        kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+    client.put_item(TableName=table, Item={LEDGER_KEY: {"S": RESET_MARKER}, RESET_AT: {"N": repr(now())}})
+    return deleted, kept
+
+
+__all__ = ["MAX_PAIRS", "RESET_MARKER", "LedgerState", "LedgerWriter", "condition", "ensure_ledger",
+           "ledger_probe", "ledger_schema", "ledger_state", "reset_ledger"]

@@ -25,12 +25,16 @@ import re
 import sys
 from collections.abc import Sequence
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import NoRegionError, ProfileNotFound
 
 from kcl_app import compose, logs
 from kcl_app.core.errors import ConfigError
+
+if TYPE_CHECKING:
+    from kcl_app.config import Config, TargetConfig
+    from kcl_app.preflight import Scope
 
 _USAGE_BLOCK = re.compile(r"\n\n    tablesync .*?(?=\n\n|\Z)", re.S)
 
@@ -120,6 +124,26 @@ def dispatch(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None)
     except KeyboardInterrupt:
         print("tablesync: interrupted", file=sys.stderr)
         return 130
+
+
+def preflight_refuses(command: str, config: Config, *, stream: str | None = None,
+                      targets: Sequence[TargetConfig] | None = None, scope: Scope | None = None,
+                      endpoint: str | None = None) -> bool:
+    """Run `tablesync check`'s checks before `command` starts (kcl_app.preflight): warnings and
+    failures go to stderr, one line each with what to do. True when a check failed: the command
+    must then start nothing and exit 2."""
+    from kcl_app import preflight
+
+    report = preflight.run_checks(config, compose.preflight_clients(config, endpoint), stream=stream,
+                                  targets=targets, scope=scope)
+    problems = report.table(only_problems=True)
+    if problems:
+        print(problems, file=sys.stderr)
+    if report.failures():
+        print(f"tablesync {command}: refused by the pre-flight check (details: tablesync check); nothing was "
+              "started", file=sys.stderr)
+        return True
+    return False
 
 
 def standalone(name: str, argv: Sequence[str] | None = None) -> int:

@@ -1,6 +1,6 @@
 """``tablesync run``: run the KCL MultiLangDaemon with tablesync's record processor.
 
-    tablesync run --properties FILE --config targets.toml [--stream NAME] [--app NAME]
+    tablesync run --properties FILE [--config targets.toml] [--stream NAME] [--app NAME]
                   [--region R] [--endpoint URL] [--initial-position POS]
                   [--log-file PATH] [--fleet-metrics-interval S]
                   [--auto-scaling-group NAME --lifecycle-hook NAME]
@@ -18,9 +18,18 @@ metadata is polled and, when the group terminates this instance, the worker stop
 and then completes the termination hook. The daemon gets a ``workerId`` (``<host>:<8 hex digits>``) unless
 the template sets one, so the figures know which leases are this worker's.
 
+Before step 1 the pre-flight checks of ``tablesync check`` run (configuration, source table,
+destination, stream, targets, ledgers): on a failure ``run`` prints the finding, starts nothing
+(no lease table, no lease) and exits 2; warnings are printed and the daemon starts.
+
+Without ``--config`` (and TABLESYNC_CONFIG) the environment-only configuration of one target is
+used (``TABLESYNC_SOURCE_TABLE``, ``TABLESYNC_TARGET_TABLE``, ``TABLESYNC_TARGET_REGION``, ...):
+the record processors inherit the environment and read it the same way.
+
 ``--endpoint`` points Kinesis, DynamoDB and CloudWatch at an emulator (switching the Kinesis
-client to JSON: moto cannot read CBOR) and supplies dummy credentials when none are set.
-The daemon logs JSON lines through the packaged ``kcl_app/logback.xml``; the environment variable
+client to JSON: moto cannot read CBOR) and supplies dummy credentials when none are set; the
+record processors get it as ``AWS_ENDPOINT_URL``, so targets without an ``endpoint_url`` are
+written there too. The daemon logs JSON lines through the packaged ``kcl_app/logback.xml``; the environment variable
 TABLESYNC_LOGBACK_CONFIG names another logback file instead.
 
 ``--initial-position`` (TRIM_HORIZON, LATEST, AT_TIMESTAMP:<epoch seconds or ISO-8601>) only
@@ -34,6 +43,7 @@ or had to be killed. Runnable on its own: ``python -m kcl_app.commands.run ...``
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import socket
@@ -45,7 +55,8 @@ from pathlib import Path
 from typing import Any
 
 from kcl_app import daemon, supervisor
-from kcl_app.commands import UsageError, described, standalone
+from kcl_app.commands import UsageError, described, preflight_refuses, standalone
+from kcl_app.config import from_env, load
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +70,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "run", help="run the KCL daemon with the tablesync record processor",
         **described(__doc__))
     parser.add_argument("--properties", required=True, type=Path, help="KCL properties template")
-    parser.add_argument("--config", required=True, type=Path, help="targets file given to the processor")
+    parser.add_argument("--config", type=Path, default=None,
+                        help="targets file given to the processor (default: TABLESYNC_CONFIG, else the "
+                             "TABLESYNC_* environment variables of the one-target configuration)")
     parser.add_argument("--stream", help="Kinesis stream name (streamName; replaces streamArn)")
     parser.add_argument("--app", help="KCL application name (applicationName; names the lease table)")
     parser.add_argument("--endpoint", help="emulator URL for Kinesis, DynamoDB and CloudWatch")
@@ -101,17 +114,20 @@ def initial_position_overrides(value: str) -> dict[str, str | None]:
 
 def build_properties(args: argparse.Namespace, environ: dict[str, str]) -> str:
     """Render ``args.properties`` for this command line (see the module doc). Raises UsageError."""
-    config = args.config.resolve()
-    if not config.is_file():
-        raise UsageError(f"--config {args.config}: no such file")
     python = sys.executable
     if not python or " " in python:
         raise UsageError(f"the interpreter path {python!r} is unusable in executableName (spaces)")
-    if " " in str(config):
-        raise UsageError(f"--config {config}: the path must not contain spaces (executableName)")
-    substitutions = {"python": python, "config": str(config)}
-    region = args.region or environ.get("AWS_REGION") or environ.get("AWS_DEFAULT_REGION")
+    substitutions = {"python": python}
     overrides: dict[str, str | None] = {}
+    path = args.config or (Path(environ["TABLESYNC_CONFIG"]) if environ.get("TABLESYNC_CONFIG") else None)
+    if path is not None:
+        config = path.resolve()
+        if not config.is_file():
+            raise UsageError(f"--config {path}: no such file")
+        if " " in str(config):
+            raise UsageError(f"--config {config}: the path must not contain spaces (executableName)")
+        substitutions["config"] = str(config)
+    region = args.region or environ.get("AWS_REGION") or environ.get("AWS_DEFAULT_REGION")
     if args.stream:
         substitutions["stream"] = args.stream
         overrides.update(streamName=args.stream, streamArn=None)
@@ -132,6 +148,8 @@ def build_properties(args: argparse.Namespace, environ: dict[str, str]) -> str:
         template = args.properties.read_text(encoding="utf-8")
     except OSError as exc:
         raise UsageError(f"--properties {args.properties}: {exc.strerror or exc}") from exc
+    if path is None:  # the environment-only configuration: the processors read the environment
+        template = template.replace("--config {config}", "")
     try:
         return daemon.render_properties(template, substitutions, overrides)
     except daemon.PropertiesError as exc:
@@ -145,11 +163,26 @@ def daemon_environment(args: argparse.Namespace, environ: dict[str, str]) -> dic
     env = dict(environ)
     if args.endpoint and not env.get("AWS_ACCESS_KEY_ID"):
         env.update(DUMMY_CREDENTIALS)
+    if args.endpoint:  # the processors' target writers and dead letters (botocore reads it)
+        env["AWS_ENDPOINT_URL"] = args.endpoint
     if args.region:
         env["AWS_REGION"] = env["AWS_DEFAULT_REGION"] = args.region
     if getattr(args, "profile", None):
         env["AWS_PROFILE"] = args.profile
     return env
+
+
+def preflight_refuses_start(args: argparse.Namespace, props: dict[str, str], environ: dict[str, str]) -> bool:
+    """The checks of `tablesync check` for what the daemon would run (its stream, its region, the
+    config the processors read). True when one failed (printed): nothing may start."""
+    path = args.config or environ.get("TABLESYNC_CONFIG")
+    config = load(path) if path else from_env(environ)  # ConfigError: refused, exit 2 (dispatch)
+    if not config.source_region:  # the daemon's region is the source side's
+        config = dataclasses.replace(config, source_region=props.get("regionName") or None)
+    stream = props.get("streamName") or props.get("streamArn", "").rsplit("/", 1)[-1] or None
+    if args.endpoint and not os.environ.get("AWS_ACCESS_KEY_ID"):  # as the daemon gets (an emulator)
+        os.environ.update(DUMMY_CREDENTIALS)
+    return preflight_refuses("run", config, stream=stream, endpoint=args.endpoint)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -166,6 +199,8 @@ def run(args: argparse.Namespace) -> int:
     group, hook = getattr(args, "auto_scaling_group", None), getattr(args, "lifecycle_hook", None)
     if bool(group) != bool(hook):
         print("tablesync run: give --auto-scaling-group and --lifecycle-hook together", file=sys.stderr)
+        return 2
+    if preflight_refuses_start(args, props, environ):
         return 2
     # <host>:<8 hex digits>: leases name the instance; two workers on one host stay distinct
     worker_id, add = supervisor.worker_id_for(props, socket.gethostname(), uuid.uuid4().hex[:8])

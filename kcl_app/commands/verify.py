@@ -14,6 +14,10 @@ the fenced path: a change that lands in between wins (counted `superseded`). `--
 checks a random fraction of the keys, for cheap continuous checks. Progress goes to stderr every
 5 s and at the end of each pass (`--quiet`: none), the report to stdout.
 
+Before it reads anything, the checks of `tablesync check` that concern it run (configuration,
+source and target tables, key schemas; with `--repair` also write permission and the ledgers):
+a failure is printed with what to do and the command exits 2.
+
 Exit codes: 0 every target matches (or every divergence was repaired); 1 divergences remain;
 2 the verification could not run (configuration, access, a table missing).
 """
@@ -28,10 +32,11 @@ from typing import Any
 from botocore.exceptions import BotoCoreError, ClientError
 
 from kcl_app.adapters.clock import SystemClock
-from kcl_app.commands import described, standalone
+from kcl_app.commands import described, preflight_refuses, standalone
 from kcl_app.compose import source_dynamodb, target_specs
 from kcl_app.config import load
 from kcl_app.core.errors import ReplicationError
+from kcl_app.preflight import Scope
 from kcl_app.verify import TargetReport, Verifier, VerifyProgress, VerifyReport
 
 EXIT_OK, EXIT_DIVERGENT, EXIT_ERROR = 0, 1, 2
@@ -87,6 +92,10 @@ def run(args: argparse.Namespace) -> int:
     reports: list[VerifyReport] = []
     try:
         config = load(args.config)
+        chosen = [config.target(n) for n in args.target] if args.target else None
+        if preflight_refuses("verify", config, targets=chosen,
+                             scope=Scope(stream=False, write_probe=args.repair, ledger=args.repair)):
+            return EXIT_ERROR
         source = source_dynamodb(config)
         specs = target_specs(config, args.target)
         tables = sorted({s.rule.source_table for s in specs})

@@ -328,7 +328,22 @@ def source_and_target(moto: None) -> Any:
     return source, target
 
 
-def test_backfill_refuses_without_a_kcl_lease_table(source_and_target: Any, tmp_path: Path, capsys: Any) -> None:
+@pytest.fixture
+def destination_checked(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """In-process moto has no Kinesis streaming destination, which the pre-flight check requires
+    (tests/integration/test_check.py runs it on the local stack): here it passes, recorded."""
+    calls: list[str] = []
+
+    def passes(command: str, config: Any, **kwargs: Any) -> bool:
+        calls.append(command)
+        return False
+
+    monkeypatch.setattr(backfill_cmd, "preflight_refuses", passes)
+    return calls
+
+
+def test_backfill_refuses_without_a_kcl_lease_table(source_and_target: Any, tmp_path: Path, capsys: Any,
+                                                    destination_checked: list[str]) -> None:
     _, target = source_and_target
     assert backfill_cmd.run(_args(tmp_path, "--app", "orders-app", "--stream", "s")) == 2
     err = capsys.readouterr().err
@@ -341,6 +356,7 @@ def test_backfill_refuses_without_a_kcl_lease_table(source_and_target: Any, tmp_
     summary = json.loads(capsys.readouterr().out)
     assert summary["scanned"] == 7 and summary["written"] == {"a": 7} and summary["ok"]
     assert len(scan_all(target, "copy-a")) == 7
+    assert destination_checked == ["backfill", "backfill"]  # a command line without --app is refused first
 
 
 def kcl_lease_table(dynamodb: Any, table: str, shards: list[dict[str, Any]]) -> None:
@@ -353,7 +369,8 @@ def kcl_lease_table(dynamodb: Any, table: str, shards: list[dict[str, Any]]) -> 
             "checkpointSubSequenceNumber": {"N": "0"}, "ownerSwitchesSinceCheckpoint": {"N": "0"}})
 
 
-def test_backfill_checks_a_lease_per_open_shard(source_and_target: Any, tmp_path: Path, capsys: Any) -> None:
+def test_backfill_checks_a_lease_per_open_shard(source_and_target: Any, tmp_path: Path, capsys: Any,
+                                               destination_checked: list[str]) -> None:
     source, target = source_and_target
     kinesis = boto3.client("kinesis", region_name=SOURCE_REGION)
     kinesis.create_stream(StreamName="changes", ShardCount=2)

@@ -23,8 +23,9 @@ from typing import Any, TypeVar
 import pytest
 
 from kcl_app import daemon
+from tablesync_local.fleet import create_source, create_table
 
-pytestmark = [pytest.mark.integration, pytest.mark.daemon, pytest.mark.timeout(120)]
+pytestmark = [pytest.mark.integration, pytest.mark.daemon, pytest.mark.timeout(180)]
 
 REPO = Path(__file__).resolve().parents[2]
 ECHO = Path(__file__).resolve().parent / "echo_processor.py"
@@ -87,8 +88,9 @@ def test_daemon_delivers_checkpoints_and_stops_gracefully(local_stack: Any, tmp_
     name = f"smoke-{uuid.uuid4().hex[:8]}"
     stream, app = name, f"{name}-app"
     kinesis, dynamodb = local_stack.client("kinesis"), local_stack.client("dynamodb")
-    kinesis.create_stream(StreamName=stream, ShardCount=2)
-    kinesis.get_waiter("stream_exists").wait(StreamName=stream, WaiterConfig={"Delay": 0.2, "MaxAttempts": 50})
+    # what `run` checks before it starts: a source streaming into the stream, a target like it
+    create_source(dynamodb, kinesis, f"{name}-src", stream, 2)
+    create_table(dynamodb, f"{name}-dst")
     placed = _put_records(kinesis, stream)
 
     # The shipped local template, with the echo processor as the executable.
@@ -98,7 +100,8 @@ def test_daemon_delivers_checkpoints_and_stops_gracefully(local_stack: Any, tmp_
         {"python": sys.executable, "config": "/unused", "endpoint": local_stack.endpoint},
         {"executableName": f"{sys.executable} {ECHO}"}))
     config = tmp_path / "targets.toml"
-    config.write_text("# unused by the echo processor\n")
+    config.write_text(f'[[targets]]\nname = "t"\nsource_table = "{name}-src"\ntable = "{name}-dst"\n'
+                      'region = "us-east-1"\n')  # read by the pre-flight check only (the echo ignores it)
     echo, log = tmp_path / "echo.jsonl", tmp_path / "daemon.log"
     env = {**os.environ, **local_stack.env(), "TABLESYNC_ECHO_FILE": str(echo)}
     grace_s = int(daemon.parse_properties(properties.read_text())["shutdownGraceMillis"]) / 1000
@@ -108,7 +111,9 @@ def test_daemon_delivers_checkpoints_and_stops_gracefully(local_stack: Any, tmp_
     with tablesync_run(argv, env) as proc:
         started = time.monotonic()
         # 1 every record reaches the processor, on the shard Kinesis put it in
-        wait_for(lambda: len(_echoed(echo)) >= RECORDS, 60, "all records echoed", proc, log)
+        # 90 s: `run` checks the source, stream and target before it starts the daemon (on a loaded
+        # machine the JVM start and the first lease sync alone have taken 55 s)
+        wait_for(lambda: len(_echoed(echo)) >= RECORDS, 90, "all records echoed", proc, log)
         first_batch_s = time.monotonic() - started
         got = {(r["data"], r["shard"]) for r in _echoed(echo)}
         assert got == set(placed.items())

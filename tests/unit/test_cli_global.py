@@ -47,7 +47,7 @@ def test_version_names_the_installed_distribution(bare_env: dict[str, str]) -> N
     assert done.stdout.split()[1][0].isdigit() or done.stdout.split()[1] == "unknown"
 
 
-REQUIRED = {"run": ["--properties", "p", "--config", "c"], "status": ["--app", "a"],
+REQUIRED = {"run": ["--properties", "p", "--config", "c"], "status": ["--app", "a"], "check": [],
             "backfill": ["--config", "c", "--source-table", "t"], "verify": ["--config", "c"],
             "redrive": ["--config", "c", "--target", "x"], "demo": [], "local": ["info"],
             "parked": ["list", "--config", "c"],

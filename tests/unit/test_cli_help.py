@@ -6,7 +6,7 @@ import pytest
 
 from kcl_app.cli import build_parser
 
-COMMANDS = ["local", "run", "demo", "status", "backfill", "verify", "redrive", "parked"]
+COMMANDS = ["local", "run", "demo", "check", "status", "backfill", "verify", "redrive", "parked"]
 
 
 def help_of(command: str, capsys: pytest.CaptureFixture[str]) -> str:
@@ -25,7 +25,7 @@ def test_every_command_explains_itself(command: str, capsys: pytest.CaptureFixtu
     assert "``" not in text
 
 
-@pytest.mark.parametrize("command", ["local", "run", "status", "backfill", "verify", "redrive", "parked"])
+@pytest.mark.parametrize("command", ["local", "run", "check", "status", "backfill", "verify", "redrive", "parked"])
 def test_commands_state_their_exit_codes(command: str, capsys: pytest.CaptureFixture[str]) -> None:
     text = help_of(command, capsys)
     assert "Exit codes:" in text or "Exit status:" in text

@@ -175,6 +175,20 @@ def test_run_endpoint_points_every_client_at_the_emulator(tmp_path: Path) -> Non
     assert props["initialPositionInStream"] == "LATEST"
     env = run_cmd.daemon_environment(args, {"PATH": "/bin"})
     assert env["AWS_ACCESS_KEY_ID"] == "testing" and env["PATH"] == "/bin"
+    # the record processors inherit it: targets without an endpoint_url are written to the emulator
+    assert env["AWS_ENDPOINT_URL"] == "http://127.0.0.1:4510"
+    assert "AWS_ENDPOINT_URL" not in run_cmd.daemon_environment(_args(tmp_path, PROPERTIES / "local.properties"), {})
+
+
+def test_run_without_config_leaves_the_processors_to_the_environment(tmp_path: Path) -> None:
+    args = _args(tmp_path, PROPERTIES / "production.properties", config=None, stream="s", app="a",
+                 region="eu-west-1")
+    props = daemon.parse_properties(run_cmd.build_properties(args, {}))
+    assert props["executableName"] == f"{sys.executable} -m kcl_app.worker"
+    config = tmp_path / "env.toml"
+    config.write_text("")
+    via_env = daemon.parse_properties(run_cmd.build_properties(args, {"TABLESYNC_CONFIG": str(config)}))
+    assert via_env["executableName"].endswith(f"--config {config.resolve()}")
 
 
 def test_run_names_the_missing_flag(tmp_path: Path) -> None:
@@ -205,10 +219,14 @@ def test_run_refuses_a_missing_config(tmp_path: Path, capsys: pytest.CaptureFixt
     assert "missing.toml" in capsys.readouterr().err
 
 
-def test_run_reports_a_daemon_that_cannot_start(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_run_reports_a_daemon_that_cannot_start(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    checked: list[str] = []  # the pre-flight checks pass (tests/integration/test_check.py covers them)
+    monkeypatch.setattr(run_cmd, "preflight_refuses_start", lambda a, props, env: checked.append(a.endpoint))
     args = _args(tmp_path, PROPERTIES / "local.properties", endpoint="http://127.0.0.1:1",
                  log_file=tmp_path / "no-such-dir" / "daemon.log")
     assert run_cmd.run(args) == 1
+    assert checked == ["http://127.0.0.1:1"]
     assert "cannot start the KCL daemon" in capsys.readouterr().err
 
 
@@ -278,3 +296,13 @@ def test_a_balanced_fleet_keeps_its_leases(name: str) -> None:
     assert props["allowThroughputOvershoot"] == "false"
     rounds = int(props["varianceBalancingFrequency"])
     assert rounds * int(props["leaseAssignmentIntervalMillis"]) >= 15_000, "rebalancing at most every 15 s"
+
+
+def test_the_daemon_has_the_sso_jars_at_its_sdk_version() -> None:
+    """IAM Identity Center profiles need the SDK's sso and ssooidc clients on the daemon's classpath
+    (scripts/setup.sh adds them to kclpy's Maven dependencies at its ${awssdk.version})."""
+    jars = {p.name for p in daemon.jars_dir().glob("*.jar")}
+    core = sorted(j for j in jars if j.startswith("sdk-core-"))
+    assert core, "no AWS SDK core jar"
+    version = core[0][len("sdk-core-"):-len(".jar")]
+    assert {f"sso-{version}.jar", f"ssooidc-{version}.jar"} <= jars, sorted(j for j in jars if "sso" in j)
