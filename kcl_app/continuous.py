@@ -74,6 +74,13 @@ def capacity_read_units(table: Mapping[str, Any]) -> float:
     return provisioned if provisioned > 0 else ON_DEMAND_INITIAL_READ_UNITS
 
 
+def _item_count(client: Any, table: str) -> int:
+    try:
+        return int(client.describe_table(TableName=table)["Table"].get("ItemCount", 0))
+    except Exception:  # noqa: BLE001 - the estimate only feeds the progress figure
+        return 0
+
+
 def item_read_units(items: Sequence[Item]) -> float:
     """Consistent reads of these items one by one (BatchGetItem): one unit per 4 KB, at least one each."""
     return float(sum(max(1, math.ceil(item_size(i) / 4096)) for i in items))
@@ -159,6 +166,7 @@ class PassState:
         self.last: PassSummary | None = None
         self.coverage: dict[str, list[list[float]]] = {}  # segment -> [[pass, start, end, time], ...]
         self.sizes: dict[str, int] = {}  # segment -> items in its last complete pass
+        self.estimates: dict[str, int] = {}  # phase -> items expected (DescribeTable's ItemCount)
         self.resumed = False
         self.lock = threading.RLock()
 
@@ -180,6 +188,7 @@ class PassState:
         state.last = PassSummary.from_json(doc["last"]) if doc.get("last") else None
         state.coverage = {k: [list(r) for r in v] for k, v in doc.get("coverage", {}).items()}
         state.sizes = {k: int(v) for k, v in doc.get("sizes", {}).items()}
+        state.estimates = {k: int(v) for k, v in doc.get("estimates", {}).items()}
         state.resumed = state.started is not None
         return state
 
@@ -191,7 +200,7 @@ class PassState:
                     "tallies": {t: asdict(v) for t, v in self.tallies.items()},
                     "unrepaired_keys": self.unrepaired_keys,
                     "last": self.last.to_json() if self.last else None,
-                    "coverage": self.coverage, "sizes": self.sizes}
+                    "coverage": self.coverage, "sizes": self.sizes, "estimates": self.estimates}
 
     def save(self) -> None:
         with self.lock:
@@ -205,8 +214,9 @@ class PassState:
             os.replace(tmp, self.path)
 
     # -- the pass -------------------------------------------------------------------------
-    def begin(self, now: float, phases: Sequence[str]) -> None:
+    def begin(self, now: float, phases: Sequence[str], estimates: Mapping[str, int] | None = None) -> None:
         with self.lock:
+            self.estimates = dict(estimates or {})
             self.number += 1
             self.started = now
             self.phases = {p: [Cursor(i) for i in range(self.segments)] for p in phases}
@@ -214,10 +224,10 @@ class PassState:
             self.unrepaired_keys = {}
 
     def progress(self) -> float:
-        """Share of the pass's segments done, weighted by phase (0..1)."""
+        """Share of the pass done (0..1): each phase weighs the same; within a phase, items scanned
+        over the phase's estimate (capped below 1 until its segments are done), or segments done."""
         with self.lock:
-            cursors = [c for cs in self.phases.values() for c in cs]
-            return sum(c.done for c in cursors) / len(cursors) if cursors else 0.0
+            return _progress(self.phases, self.estimates)
 
     def finish(self, now: float, period: float) -> PassSummary:
         with self.lock:
@@ -263,6 +273,20 @@ class PassState:
             if size == 0:
                 return 1.0 if self.last is not None and now - self.last.finished <= window else 0.0
             return covered / size
+
+
+def _progress(phases: Mapping[str, Sequence[Cursor]], estimates: Mapping[str, int]) -> float:
+    if not phases:
+        return 0.0
+    total = 0.0
+    for phase, cursors in phases.items():
+        if all(c.done for c in cursors):
+            total += 1.0
+        elif estimates.get(phase, 0) > 0:
+            total += min(0.99, sum(c.scanned for c in cursors) / estimates[phase])
+        else:
+            total += sum(c.done for c in cursors) / len(cursors)
+    return total / len(phases)
 
 
 def _union(ranges: Sequence[Sequence[float]]) -> int:
@@ -331,8 +355,8 @@ class ContinuousVerifier:
                 return
             next_start = summary.started + self.period
             while not self.stop.is_set() and self.clock.now() < next_start:
-                self.clock.sleep(min(self.emit_every, next_start - self.clock.now()))
-                self.emit(force=True)
+                self.clock.sleep(min(1.0, next_start - self.clock.now()))  # a stop is seen within 1 s
+                self.emit()
 
     def run_pass(self) -> PassSummary | None:
         """Run (or resume) one pass; the summary, or None when `stop` ended it (state saved)."""
@@ -340,7 +364,9 @@ class ContinuousVerifier:
         v.prepare()
         phases = [SOURCE_PHASE] + [f"target:{t.name}" for t in v.targets]
         if self.state.started is None:
-            self.state.begin(self.clock.now(), phases)
+            tables = [(v.source, v.source_table)] + [(t.client, t.table) for t in v.targets]
+            self.state.begin(self.clock.now(), phases,
+                             {p: _item_count(c, t) for p, (c, t) in zip(phases, tables, strict=True)})
             self.state.save()
             log.info("verify pass %d of %s started", self.state.number, v.source_table)
         else:
@@ -443,11 +469,10 @@ def last_pass(path: Path) -> dict[str, Any] | None:
     if not path.exists():
         return None
     doc = json.loads(path.read_text(encoding="utf-8"))
-    phases = doc.get("phases") or {}
-    cursors = [c for cs in phases.values() for c in cs]
+    phases = {p: [Cursor(**c) for c in cs] for p, cs in (doc.get("phases") or {}).items()}
     current = None
     if doc.get("started") is not None:
         current = {"number": doc["number"], "started": doc["started"],
-                   "progress": sum(bool(c["done"]) for c in cursors) / len(cursors) if cursors else 0.0}
+                   "progress": round(_progress(phases, doc.get("estimates") or {}), 4)}
     return {"source_table": doc.get("source_table"), "targets": doc.get("targets"), "last": doc.get("last"),
             "current": current}
