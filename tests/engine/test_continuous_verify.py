@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import threading
 from pathlib import Path
 from typing import Any
@@ -208,3 +209,23 @@ def test_passes_start_once_per_period_and_a_late_pass_is_behind(world: World, cl
     summary = late.run_pass()  # finishes pass 3
     assert summary is not None and summary.behind_seconds > 0
     assert world.metrics.emitted[-1][1]["PassBehindSeconds"] > 0
+
+
+def test_status_shows_the_last_pass_and_its_verdict(world: World, capsys: Any) -> None:
+    from kcl_app.commands import status
+
+    world.target.delete_item(TableName="copy", Key={"pk": {"S": "k09"}})
+    assert (world.service().run_pass() or pytest.fail("stopped")).verdict == "divergent"
+    passes = status.verify_passes(str(world.tmp / "verify"))
+    assert [(p["source_table"], p["last"]["verdict"], p["last"]["tallies"]["a"]["divergent"]) for p in passes] == [
+        ("source", "divergent", 1)]
+    boto3.client("dynamodb", region_name="us-east-1").create_table(
+        TableName="app", AttributeDefinitions=[{"AttributeName": "leaseKey", "AttributeType": "S"}],
+        KeySchema=[{"AttributeName": "leaseKey", "KeyType": "HASH"}], BillingMode="PAY_PER_REQUEST")
+    args = argparse.Namespace(app="app", lease_table=None, stream=None, region="us-east-1", endpoint=None,
+                              json=False, verify_state=str(world.tmp / "verify"))
+    assert status.run(args) == 0
+    line = capsys.readouterr().out.splitlines()[-1]
+    assert line.startswith("verify source: last pass 1 DIVERGENT in ")
+    assert "a: 59 verified, 1 divergent, 0 repaired" in line
+    assert status.verify_passes(str(world.tmp / "nothing-here")) == []
