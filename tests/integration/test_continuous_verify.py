@@ -143,3 +143,52 @@ def _kid(pk: str) -> str:
     from kcl_app.core.attrs import key_id
 
     return key_id({"pk": {"S": pk}})
+
+
+def test_sigterm_finishes_the_page_saves_the_pass_and_exits_0(local_stack: LocalStack, tmp_path: Path) -> None:
+    """The service as systemd runs it: `tablesync verify --continuous`, stopped by SIGTERM mid-pass."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    ddb = local_stack.client("dynamodb")
+    name = f"cvs-{uuid.uuid4().hex[:8]}"
+    create_table(ddb, name)
+    target = local_stack.client("dynamodb", "eu-west-1")
+    create_table(target, f"{name}-copy")
+    for i in range(300):
+        ddb.put_item(TableName=name, Item={"pk": {"S": f"k{i:03d}"}})
+    config = tmp_path / "targets.toml"
+    config.write_text(f'[source]\ntable = "{name}"\nregion = "us-east-1"\nendpoint_url = "{local_stack.endpoint}"\n'
+                      f'[[targets]]\nname = "eu"\nregion = "eu-west-1"\ntable = "{name}-copy"\n'
+                      f'endpoint_url = "{local_stack.endpoint}"\n'
+                      f'dead_letter = {{ kind = "dir", path = "{tmp_path / "dlq"}" }}\n', encoding="utf-8")
+    state_dir = tmp_path / "state"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    # 1 read unit per page of 1 item at 2 units/s: the pass lasts minutes, SIGTERM lands mid-pass
+    proc = subprocess.Popen([sys.executable, "-m", "kcl_app.cli", "verify", "--continuous", "--config", str(config),
+                             "--segments", "1", "--page-size", "1", "--read-units", "2", "--capacity-fraction", "1",
+                             "--state-dir", str(state_dir)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        path = state_path(state_dir, name, ["eu"])
+
+        def scanned() -> int | None:
+            if not path.exists():
+                return None
+            n = int(json.loads(path.read_text())["phases"]["source"][0]["scanned"])
+            return n if n >= 3 else None
+
+        poll_until(scanned, timeout=60, message="three pages verified")
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err[-2000:]
+    doc = json.loads(path.read_text())
+    cursor = doc["phases"]["source"][0]
+    assert doc["started"] is not None and not cursor["done"] and cursor["scanned"] >= 3
+    assert cursor["scanned"] == doc["tallies"]["eu"]["verified"], "the saved position is the counted one"
+    assert '"VerifiedKeys"' in err, "the EMF lines went to stderr"
