@@ -329,6 +329,7 @@ class ContinuousVerifier:
         self._pending: dict[str, Tally] = {t.name: Tally() for t in verifier.targets}
         self._last_emit: float | None = None
         self._lock = threading.Lock()
+        self._abort = threading.Event()
 
     # -- pacing -------------------------------------------------------------------------------
     def rate_for(self, client: Any, table: str) -> float:
@@ -351,6 +352,7 @@ class ContinuousVerifier:
         """Pass after pass, one starting every `period` (at once when the previous one was late)."""
         while not self.stop.is_set():
             summary = self.run_pass()
+            self.verifier.close()  # the repair writers, built again by the next pass
             if summary is None:
                 return
             next_start = summary.started + self.period
@@ -372,12 +374,16 @@ class ContinuousVerifier:
         else:
             log.info("verify pass %d of %s resumed", self.state.number, v.source_table)
         self._pace()
+        self._abort.clear()
         for phase in phases:
             todo = [c for c in self.state.phases[phase] if not c.done]
             if todo:
                 with ThreadPoolExecutor(len(todo), thread_name_prefix="ts-verifyc") as pool:
-                    for future in [pool.submit(self._segment, phase, c) for c in todo]:
-                        future.result()
+                    futures = [pool.submit(self._segment, phase, c) for c in todo]
+                errors = [e for f in futures if (e := f.exception()) is not None]
+                if errors:  # every segment stopped at a page boundary, its position saved
+                    self.emit(force=True)
+                    raise errors[0]
             if self.stop.is_set():
                 self.emit(force=True)
                 return None
@@ -389,6 +395,13 @@ class ContinuousVerifier:
         return summary
 
     def _segment(self, phase: str, cursor: Cursor) -> None:
+        try:
+            self._walk(phase, cursor)
+        except BaseException:
+            self._abort.set()  # the other segments stop after their page
+            raise
+
+    def _walk(self, phase: str, cursor: Cursor) -> None:
         v = self.verifier
         spec = None if phase == SOURCE_PHASE else next(t for t in v.targets if f"target:{t.name}" == phase)
         client, table = (v.source, v.source_table) if spec is None else (spec.client, spec.table)
@@ -432,7 +445,7 @@ class ContinuousVerifier:
             if self.on_page:
                 self.on_page(phase, cursor.segment)
             self.emit()
-            if self.stop.is_set():  # SIGTERM: this page is finished and saved
+            if self.stop.is_set() or self._abort.is_set():  # SIGTERM: this page is finished and saved
                 return
         with self.state.lock:
             cursor.done = True

@@ -146,6 +146,10 @@ def run_continuous(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace, stop: threading.Event, clock: SystemClock) -> int:
+    if args.sample != 1.0:
+        print("tablesync verify: --sample does not apply to --continuous: every pass walks the whole keyspace "
+              "(bound its cost with --read-units and --capacity-fraction)", file=sys.stderr)
+        return EXIT_ERROR
     try:
         config = load(args.config)
         source = source_dynamodb(config)
@@ -176,6 +180,8 @@ def _serve(args: argparse.Namespace, stop: threading.Event, clock: SystemClock) 
         except BaseException as exc:  # noqa: BLE001 - reported below; the other tables stop too
             errors.append(exc)
             stop.set()
+        finally:
+            service.verifier.close()
 
     threads = [threading.Thread(target=serve, args=(s,), name=f"ts-verify-{s.verifier.source_table}")
                for s in services]

@@ -229,3 +229,34 @@ def test_status_shows_the_last_pass_and_its_verdict(world: World, capsys: Any) -
     assert line.startswith("verify source: last pass 1 DIVERGENT in ")
     assert "a: 59 verified, 1 divergent, 0 repaired" in line
     assert status.verify_passes(str(world.tmp / "nothing-here")) == []
+
+
+class FailingAfter:
+    """A target client whose BatchGetItem fails (AccessDenied-like) after `ok` calls."""
+
+    def __init__(self, inner: Any, ok: int) -> None:
+        self.inner = inner
+        self.ok = ok
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def batch_get_item(self, **kwargs: Any) -> Any:
+        self.ok -= 1
+        if self.ok < 0:
+            raise PermissionError("role revoked")
+        return self.inner.batch_get_item(**kwargs)
+
+
+def test_a_failing_read_stops_every_segment_with_its_position_saved(world: World) -> None:
+    world.spec = TargetSpec(world.spec.rule, FailingAfter(world.target, 3), "copy", "exact", "ledger")
+    service = world.service(segments=2)
+    with pytest.raises(PermissionError, match="role revoked"):
+        service.run_pass()
+    saved = world.state()
+    cursors = saved.phases["source"]
+    assert sum(c.scanned for c in cursors) == 12, "three pages of 4 were checked and saved, then both stopped"
+    assert not any(c.done for c in cursors) and saved.tallies["a"].verified == 12
+    world.spec = TargetSpec(world.spec.rule, world.target, "copy", "exact", "ledger")
+    summary = world.service(segments=2).run_pass()
+    assert summary is not None and summary.tallies["a"].verified == 2 * N_ITEMS and summary.verdict == "clean"
