@@ -319,40 +319,49 @@ class Verifier:
                                    limit=self.page_limit):
             sampled = self._sampled(items, rng)
             self._scanned_page(len(items))
-            for spec in self.targets:
-                treport = report.targets[spec.name]
-                expected: dict[str, tuple[Item, Item | None]] = {}
-                for item in sampled:
-                    key = key_of(item, self.key_names)
-                    try:
-                        expected[key_id(key)] = (key, shape_item(spec.rule, self.source_table, self.key_names, item))
-                    except Exception:  # noqa: BLE001 - a failing transform is itself a divergence
-                        self._recheck(spec, key, treport)
-                actual = self._batch_get(spec.client, spec.table, [k for k, _ in expected.values()])
-                with self._lock:
-                    treport.source_checked += len(sampled)
-                for kid, (key, exp) in expected.items():
-                    if not same(exp, self._strip(spec, actual.get(kid))):
-                        self._recheck(spec, key, treport)
+            self.check_source_page(sampled, report)
+
+    def check_source_page(self, sampled: Sequence[Item], report: VerifyReport) -> None:
+        """Compare scanned source items with every target (direction 1), recording into `report`."""
+        for spec in self.targets:
+            treport = report.targets[spec.name]
+            expected: dict[str, tuple[Item, Item | None]] = {}
+            for item in sampled:
+                key = key_of(item, self.key_names)
+                try:
+                    expected[key_id(key)] = (key, shape_item(spec.rule, self.source_table, self.key_names, item))
+                except Exception:  # noqa: BLE001 - a failing transform is itself a divergence
+                    self._recheck(spec, key, treport)
+            actual = self._batch_get(spec.client, spec.table, [k for k, _ in expected.values()])
+            with self._lock:
+                treport.source_checked += len(sampled)
+            for kid, (key, exp) in expected.items():
+                if not same(exp, self._strip(spec, actual.get(kid))):
+                    self._recheck(spec, key, treport)
 
     def _target_segment(self, spec: TargetSpec, segment: int, report: VerifyReport) -> None:
         rng = random.Random(f"{self.seed}:t:{spec.name}:{segment}")
         treport = report.targets[spec.name]
         for items, _ in scan_pages(self.clock, spec.client, spec.table, segment, self.segments,
                                    limit=self.page_limit):
-            keys = [key_of(i, self.key_names) for i in self._sampled(items, rng)]
+            sampled = self._sampled(items, rng)
             self._scanned_page(len(items))
-            found = self._batch_get(self.source, self.source_table, keys)
-            with self._lock:
-                treport.target_checked += len(keys)
-            for key in keys:
-                src = found.get(key_id(key))
-                try:
-                    wanted = src is not None and shape_item(spec.rule, self.source_table, self.key_names, src)
-                except Exception:  # noqa: BLE001 - the recheck records the transform failure
-                    wanted = None
-                if not wanted:
-                    self._recheck(spec, key, treport)
+            self.check_target_page(spec, sampled, treport)
+
+    def check_target_page(self, spec: TargetSpec, sampled: Sequence[Item], treport: TargetReport) -> None:
+        """Look scanned items of `spec`'s table up in the source (direction 2), recording into `treport`."""
+        keys = [key_of(i, self.key_names) for i in sampled]
+        found = self._batch_get(self.source, self.source_table, keys)
+        with self._lock:
+            treport.target_checked += len(keys)
+        for key in keys:
+            src = found.get(key_id(key))
+            try:
+                wanted = src is not None and shape_item(spec.rule, self.source_table, self.key_names, src)
+            except Exception:  # noqa: BLE001 - the recheck records the transform failure
+                wanted = None
+            if not wanted:
+                self._recheck(spec, key, treport)
 
     def _recheck(self, spec: TargetSpec, key: Item, treport: TargetReport) -> None:
         """Re-read both sides consistently; record a divergence only if they still differ."""
@@ -407,6 +416,14 @@ class Verifier:
         return out
 
     # -- repair -----------------------------------------------------------------------------
+    def prepare(self) -> None:
+        """Learn the source's key schema (what `run` does first), for callers of the page checks."""
+        self.key_names = key_names_of(self.source, self.source_table)
+
+    def repair_found(self, spec: TargetSpec, treport: TargetReport) -> None:
+        """Repair every divergence recorded in `treport` (steps of the module docstring)."""
+        self._repair_all(spec, treport)
+
     def _repair_all(self, spec: TargetSpec, treport: TargetReport) -> None:
         for divergence in treport.divergences.values():
             if any(a.problem == "transform_failed" for a in divergence.attributes):

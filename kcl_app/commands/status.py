@@ -30,10 +30,12 @@ import os
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from botocore.exceptions import NoRegionError
 
+from kcl_app import continuous
 from kcl_app.adapters import leases as leases_adapter
 from kcl_app.commands import described
 from kcl_app.compose import lease_clients, make_dead_letters
@@ -64,6 +66,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="the EMF file the workers write (default TABLESYNC_METRICS_FILE): lag over the last minute")
     p.add_argument("--watch", action="store_true", help="redraw the view every --interval seconds until Ctrl-C")
     p.add_argument("--interval", type=float, default=2.0, help="seconds between redraws with --watch (default 2)")
+    p.add_argument("--verify-state", metavar="DIR",
+                   help="also show the last continuous verification pass (the state dir of `verify --continuous`)")
     return p
 
 
@@ -146,10 +150,13 @@ def _once(args: argparse.Namespace) -> int:
     worker_table = getattr(args, "worker_table", None) or leases_adapter.worker_table(args.app)
     workers = worker_rows(clients.dynamodb, worker_table, leases, now, getattr(args, "stale_after", 90.0))
     targets = target_rows(args, now) if getattr(args, "config", None) else None
+    passes = verify_passes(args.verify_state) if getattr(args, "verify_state", None) else None
     if args.json:
         doc: dict[str, Any] = {"lease_table": table, "shards": leases, "workers": workers}
         if targets is not None:
             doc["targets"] = targets
+        if passes is not None:
+            doc["verify"] = passes
         print(json.dumps(doc, indent=2))
         return 0
     cols = ["shard", "owner", "checkpoint", "lease_counter", "parents"] + (["behind_ms"] if args.stream else [])
@@ -163,6 +170,8 @@ def _once(args: argparse.Namespace) -> int:
     print_workers(workers)
     if targets is not None:
         print_targets(targets)
+    for doc in passes or []:
+        print(_verify_line(doc))
     return 0
 
 
@@ -337,6 +346,38 @@ def _table(cols: list[str], rows: list[list[str]]) -> None:
     print("  " + "  ".join(c.ljust(w) for c, w in zip(cols, widths, strict=True)).rstrip())
     for row in rows:
         print("  " + "  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
+
+
+
+def verify_passes(state_dir: str) -> list[dict[str, Any]]:
+    """The last pass (number, verdict, counts per target) and the one in progress, per state file
+    of `tablesync verify --continuous` in `state_dir` (an empty list when there is none)."""
+    out = []
+    for path in sorted(Path(state_dir).glob("verify-*.json")):
+        try:
+            doc = continuous.last_pass(path)
+        except (OSError, ValueError) as exc:
+            doc = {"source_table": path.name, "error": f"unreadable state: {exc}"}
+        if doc is not None:
+            out.append(doc)
+    return out
+
+
+def _verify_line(doc: dict[str, Any]) -> str:
+    if "error" in doc:
+        return f"verify {doc['source_table']}: {doc['error']}"
+    last, current = doc.get("last"), doc.get("current")
+    text = f"verify {doc['source_table']}: "
+    if last:
+        counts = "; ".join(f"{name}: {t['verified']} verified, {t['divergent']} divergent, {t['repaired']} repaired"
+                           for name, t in sorted(last["tallies"].items()))
+        behind = f", {last['behind_seconds']:.0f} s behind its period" if last["behind_seconds"] else ""
+        text += f"last pass {last['number']} {last['verdict'].upper()} in {last['seconds']:.0f} s{behind} ({counts})"
+    else:
+        text += "no finished pass"
+    if current:
+        text += f"; pass {current['number']} at {100 * current['progress']:.0f} %"
+    return text
 
 
 def _cell(value: Any, shorten: bool = True) -> str:

@@ -20,21 +20,31 @@ a failure is printed with what to do and the command exits 2.
 
 Exit codes: 0 every target matches (or every divergence was repaired); 1 divergences remain;
 2 the verification could not run (configuration, access, a table missing).
+
+`--continuous` runs it as a service (see docs/continuous-verify.md): passes over every source
+table, one starting every `--period` seconds, paced at `--read-units` read units per second and
+never above `--capacity-fraction` of each table's read capacity; each page is repaired as it is
+found (with `--repair`), the pass's position saved in `--state-dir` (a restart resumes it), and
+metrics emitted as EMF lines on stderr. SIGTERM finishes the page, saves the state and exits 0.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
+import threading
 from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
 from kcl_app.adapters.clock import SystemClock
+from kcl_app.adapters.metrics import EmfMetrics
 from kcl_app.commands import described, preflight_refuses, standalone
 from kcl_app.compose import source_dynamodb, target_specs
 from kcl_app.config import load
+from kcl_app.continuous import ContinuousVerifier, PassState, state_path
 from kcl_app.core.errors import ReplicationError
 from kcl_app.preflight import Scope
 from kcl_app.verify import TargetReport, Verifier, VerifyProgress, VerifyReport
@@ -58,6 +68,17 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--show-values", action="store_true",
                         help="print the differing attribute values (default: names and types only; "
                              "items often hold personal data)")
+    service = parser.add_argument_group("continuous verification (--continuous)")
+    service.add_argument("--continuous", action="store_true", help="run passes for ever (a long-running service)")
+    service.add_argument("--period", type=float, default=86_400.0,
+                         help="seconds between pass starts; a longer pass is 'behind' (default 86400)")
+    service.add_argument("--read-units", type=float, default=100.0,
+                         help="read units per second per table, at most (default 100)")
+    service.add_argument("--capacity-fraction", type=float, default=0.1,
+                         help="never more than this fraction of a table's read capacity (default 0.1)")
+    service.add_argument("--state-dir", default=".tablesync/verify", help="where the pass's position is kept")
+    service.add_argument("--page-size", type=int, default=None, help="items per Scan page (default: 1 MB pages)")
+    service.add_argument("--once", action="store_true", help="with --continuous: stop after one pass")
     return parser
 
 
@@ -88,6 +109,8 @@ def _print_progress(p: VerifyProgress) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.continuous:
+        return run_continuous(args)
     clock = SystemClock()
     reports: list[VerifyReport] = []
     try:
@@ -117,6 +140,75 @@ def run(args: argparse.Namespace) -> int:
             for target in report.targets.values():
                 _print_target(target, args.show_values)
     return EXIT_OK if clean else EXIT_DIVERGENT
+
+
+def run_continuous(args: argparse.Namespace) -> int:
+    """The service: one ContinuousVerifier per source table, each on its own thread."""
+    stop = threading.Event()
+    clock = SystemClock()
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        return _serve(args, stop, clock)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _serve(args: argparse.Namespace, stop: threading.Event, clock: SystemClock) -> int:
+    if args.sample != 1.0:
+        print("tablesync verify: --sample does not apply to --continuous: every pass walks the whole keyspace "
+              "(bound its cost with --read-units and --capacity-fraction)", file=sys.stderr)
+        return EXIT_ERROR
+    try:
+        config = load(args.config)
+        source = source_dynamodb(config)
+        specs = target_specs(config, args.target)
+        metrics = EmfMetrics(namespace=config.metrics_namespace)
+        services = []
+        for table in sorted({s.rule.source_table for s in specs}):
+            mine = [s for s in specs if s.rule.source_table == table]
+            verifier = Verifier(source, table, mine, clock, segments=args.segments, sample=args.sample,
+                                seed=args.seed, page_limit=args.page_size)
+            state = PassState.open(state_path(args.state_dir, table, [s.name for s in mine]), table,
+                                   [s.name for s in mine], args.segments)
+            services.append(ContinuousVerifier(verifier, state, clock, metrics, period=args.period,
+                                               read_units_per_second=args.read_units,
+                                               capacity_fraction=args.capacity_fraction,
+                                               repair=args.repair, stop=stop))
+    except (ReplicationError, ClientError, BotoCoreError, OSError, ValueError) as exc:
+        print(f"tablesync verify: cannot verify: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    errors: list[BaseException] = []
+
+    def serve(service: ContinuousVerifier) -> None:
+        try:
+            if args.once:
+                service.run_pass()
+            else:
+                service.run_forever()
+        except BaseException as exc:  # noqa: BLE001 - reported below; the other tables stop too
+            errors.append(exc)
+            stop.set()
+        finally:
+            service.verifier.close()
+
+    threads = [threading.Thread(target=serve, args=(s,), name=f"ts-verify-{s.verifier.source_table}")
+               for s in services]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        while thread.is_alive():
+            thread.join(1.0)  # wakes for signals
+    if errors:
+        print(f"tablesync verify: stopped: {errors[0]!r}; the pass's position is saved in {args.state_dir}",
+              file=sys.stderr)
+        return EXIT_ERROR
+    if args.once:
+        verdicts = [s.state.last.verdict if s.state.last else "unfinished" for s in services]
+        print(json.dumps({"sources": [s.state.last.to_json() if s.state.last else None for s in services]},
+                         indent=2, sort_keys=True))
+        return EXIT_OK if all(v in ("clean", "repaired") for v in verdicts) else EXIT_DIVERGENT
+    return EXIT_OK
 
 
 if __name__ == "__main__":

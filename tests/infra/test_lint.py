@@ -14,7 +14,8 @@ CFN_LINT = Path(sys.executable).parent / "cfn-lint"
 
 
 def test_all_templates_are_linted() -> None:
-    assert TEMPLATES == ["alarms.yaml", "dashboard.yaml", "stream.yaml", "target-account.yaml", "worker.yaml"]
+    assert TEMPLATES == ["alarms.yaml", "dashboard.yaml", "stream.yaml", "target-account.yaml", "verifier.yaml",
+                         "worker.yaml"]
 
 
 @pytest.mark.parametrize("template", TEMPLATES)
