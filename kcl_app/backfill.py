@@ -43,6 +43,7 @@ from kcl_app.adapters.scan import (
     scan_pages,
     writer_for,
 )
+from kcl_app.adapters.state_file import write_json_atomically
 from kcl_app.core.attrs import MAX_ITEM_BYTES, Item, item_from_wire, item_size, item_to_wire
 from kcl_app.core.errors import ReplicationError
 from kcl_app.core.fence import NEVER_SEEN
@@ -143,13 +144,7 @@ class BackfillState:
         with self._lock:
             doc = {"format": STATE_FORMAT, "source_table": self.source_table, "targets": self.targets,
                    "total_segments": self.total, "segments": [asdict(s) for s in self.segments]}
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.path.with_name(f".{self.path.name}.tmp")
-            with open(tmp, "w", encoding="utf-8") as fh:
-                json.dump(doc, fh)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, self.path)
+            write_json_atomically(self.path, doc)
 
 
 # -- "write only if never seen" ---------------------------------------------------------------

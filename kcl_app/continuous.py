@@ -47,6 +47,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from kcl_app.adapters.scan import scan_pages
+from kcl_app.adapters.state_file import write_json_atomically
 from kcl_app.backfill import TokenBucket
 from kcl_app.core.attrs import Item, item_from_wire, item_size, item_to_wire
 from kcl_app.core.errors import ReplicationError
@@ -205,13 +206,7 @@ class PassState:
     def save(self) -> None:
         with self.lock:
             doc = self.to_json()
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.path.with_name(f".{self.path.name}.tmp")
-            with open(tmp, "w", encoding="utf-8") as fh:
-                json.dump(doc, fh)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, self.path)
+            write_json_atomically(self.path, doc)
 
     # -- the pass -------------------------------------------------------------------------
     def begin(self, now: float, phases: Sequence[str], estimates: Mapping[str, int] | None = None) -> None:
