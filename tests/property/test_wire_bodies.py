@@ -154,3 +154,13 @@ def test_values_a_transform_returns_are_encoded_like_botocore() -> None:
 def test_a_value_botocore_cannot_send_is_refused_before_sending() -> None:
     with pytest.raises(TypeError, match="cannot be sent"):
         encode_body({"Item": {"x": {"N": object()}}})
+
+
+def test_a_transforms_deep_copy_keeps_the_binary_and_its_text() -> None:
+    import copy
+
+    item = item_from_wire({"b": {"B": "AQI="}, "bs": {"BS": ["AA=="]}})
+    copied = copy.deepcopy(item)
+    assert copied == item and copied["b"]["B"] == b"\x01\x02"
+    assert isinstance(copied["b"]["B"], WireBytes) and copied["b"]["B"].wire == "AQI="
+    assert json.loads(encode_body({"Item": copied})) == {"Item": {"b": {"B": "AQI="}, "bs": {"BS": ["AA=="]}}}
