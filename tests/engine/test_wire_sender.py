@@ -24,7 +24,7 @@ from botocore.config import Config as BotoConfig
 from botocore.credentials import RefreshableCredentials
 from botocore.exceptions import ClientError, EndpointConnectionError
 
-from kcl_app.adapters.inline import InlineWriter
+from kcl_app.adapters.inline import InlineWriter, ensure_tombstones
 from kcl_app.adapters.ledger import LedgerWriter, ensure_ledger
 from kcl_app.adapters.retry import Backoff, classify, describe
 from kcl_app.adapters.wire_client import WireSender
@@ -66,7 +66,8 @@ def test_the_composition_root_gives_both_modes_the_lean_path(tables: Any, clock:
     writer = make_writer(config.targets[0], config, clock, client, prepare=False)
     assert isinstance(writer, LedgerWriter) and isinstance(writer.wire, WireSender)
     writer.close()
-    inline = parse({"targets": [{"name": "t", "source_table": "src", "table": table, "region": "eu-west-1",
+    inline = parse({"stream_retention_hours": 24,
+                    "targets": [{"name": "t", "source_table": "src", "table": table, "region": "eu-west-1",
                                  "mode": "inline"}]})
     writer2 = make_writer(inline.targets[0], inline, clock, client, prepare=False)
     assert isinstance(writer2, InlineWriter) and isinstance(writer2.wire, WireSender)
@@ -107,7 +108,9 @@ def test_exact_mode_writes_land_with_binaries_as_bytes_and_fencing_by_cancellati
 
 def test_inline_mode_writes_and_conditional_failures_carry_the_seen_item(tables: Any, clock: Any) -> None:
     client, table, _ = tables
-    writer = InlineWriter("t", client, table, clock, wire=WireSender.for_client(client))
+    tombstones = "tombstones-" + table
+    ensure_tombstones(client, tombstones)
+    writer = InlineWriter("t", client, table, clock, tombstone_table=tombstones, wire=WireSender.for_client(client))
     result = writer.apply([write("a", 10, item_from_wire({"b": {"B": "3q2+7w=="}})), write("b", 10)], FAR)
     assert len(result.applied) == 2
     assert scan_all(client, table)[key_id({"pk": {"S": "a"}})]["b"]["B"] == b"\xde\xad\xbe\xef"

@@ -3,7 +3,7 @@
 Records arrive in wire form; the writers build their requests from the decoded items (binaries keep
 their base64 text). For every attribute type (binary, sets, nested maps and lists, 38-digit numbers,
 unicode), the JSON of `encode_body` equals the JSON of botocore's own serializer, key order aside,
-for exact mode's TransactWriteItems and inline mode's PutItem / DeleteItem, on every guard.
+for exact mode's TransactWriteItems and inline mode's PutItem and tombstone transactions, on every guard.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from kcl_app.adapters.clock import SystemClock
 from kcl_app.adapters.inline import InlineWriter
 from kcl_app.adapters.ledger import LedgerWriter
-from kcl_app.adapters.wire_client import CONTENT_TYPE, TARGET_PREFIX, encode_body
+from kcl_app.adapters.wire_client import CONTENT_TYPE, OPERATION_OF, TARGET_PREFIX, encode_body
 from kcl_app.core.attrs import Item, WireBytes, item_from_wire, item_to_wire, key_id
 from kcl_app.core.fence import NEWER_THAN_SEEN, Guard, NeverSeen, StillAt
 from kcl_app.core.plan import Write
@@ -93,7 +93,8 @@ def lean_body(params: dict[str, Any]) -> Any:
 @pytest.fixture(scope="module")
 def writers() -> Any:
     ledger = LedgerWriter("t", None, "target-table", "ledger-table", SystemClock())
-    inline = InlineWriter("t", None, "target-table", SystemClock(), "_tablesync_version")
+    inline = InlineWriter("t", None, "target-table", SystemClock(), "_tablesync_version",
+                          tombstone_table="tombstone-table")
     yield ledger, inline
     ledger.close()
     inline.close()
@@ -111,10 +112,11 @@ def test_transact_write_items_body_equals_botocores(writers: Any, batch: list[Wr
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(write=writes(), guard=guards)
-def test_inline_bodies_equal_botocores(writers: Any, write: Write, guard: Guard) -> None:
+@given(write=writes(), guard=guards, path=st.sampled_from(["update", "create", "delete"]))
+def test_inline_bodies_equal_botocores(writers: Any, write: Write, guard: Guard, path: str) -> None:
     _, inline = writers
-    operation, params = inline._request(write, guard)
+    method, params = inline._request(write, guard, path)  # every path: a put, or a tombstone transaction
+    operation = OPERATION_OF[method]
     expected, headers = botocore_body(operation, params)
     assert lean_body(params) == expected
     assert headers["X-Amz-Target"] == TARGET_PREFIX + operation
