@@ -6,7 +6,7 @@ and reported as medians (RSS: the largest). The runs:
 * tablesync -> 1 and 3 targets on the local stack (a moto emulator process started here, or --endpoint);
 * tablesync -> 1 and 3 null targets (bench/null_target.py: answers every call with HTTP 200 ``{}``, stores
   nothing): the record processor's own capacity, with the emulator's cost per request taken out;
-* tablesync -> 1 stubbed target (its TransactWriteItems answers at once, without botocore): the cost
+* tablesync -> 1 stubbed target (its TransactWriteItems answers at once, nothing is sent): the cost
   of tablesync's own code (decode, route, plan, coalesce, transaction building), alone;
 * the classic Lambda copier (one put_item/delete_item per record, sequential) on the first
   --copier-changes changes only: at 30 ms per call it does ~30 changes/s.
@@ -226,7 +226,7 @@ def report(args: argparse.Namespace, rows: list[tuple[str, dict[str, Any]]], wor
     print("null target: tablesync -> null target (answers every call after the round trip, no storage); it "
           "isolates the processor's own capacity and is not a substitute for the emulator rows.")
     print("stubbed target: the same with TransactWriteItems answering at once; its client CPU is tablesync's own "
-          "code, the difference to the null-target row is botocore and HTTP.")
+          "code, the difference to the null-target row is sending: JSON body, SigV4 signing and HTTP.")
 
 
 def parent(args: argparse.Namespace) -> int:

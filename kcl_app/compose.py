@@ -31,6 +31,7 @@ from kcl_app.adapters.inline import InlineWriter, ensure_tombstones
 from kcl_app.adapters.ledger import LedgerWriter, ensure_ledger
 from kcl_app.adapters.metrics import EmfMetrics
 from kcl_app.adapters.scan import TargetSpec
+from kcl_app.adapters.wire_client import WireSender
 from kcl_app.config import Config, DeadLetterConfig, TargetConfig
 from kcl_app.core.checks import KeySchema
 from kcl_app.core.errors import ConfigError
@@ -235,10 +236,10 @@ def make_writer(target: TargetConfig, config: Config, clock: Clock, client: Dyna
     if inline:
         return InlineWriter(target.name, client, target.table, clock, target.version_attribute,
                             max_concurrency=max(4, target.max_concurrency * 4), tombstone_table=fence_table,
-                            tombstone_ttl_seconds=config.tombstone_ttl_seconds)
+                            tombstone_ttl_seconds=config.tombstone_ttl_seconds, wire=WireSender.for_client(client))
     return LedgerWriter(target.name, client, target.table, target.ledger, clock,
                         tombstone_ttl_seconds=config.tombstone_ttl_seconds,
-                        max_concurrency=target.max_concurrency)
+                        max_concurrency=target.max_concurrency, wire=WireSender.for_client(client))
 
 
 _QUEUE_HOST = re.compile(r"^(?:sqs\.([a-z0-9-]+)\.amazonaws\.com(?:\.cn)?|([a-z0-9-]+)\.queue\.amazonaws\.com)$")

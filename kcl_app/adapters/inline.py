@@ -53,6 +53,7 @@ from typing import Any, Literal
 
 from kcl_app.adapters.ledger import ensure_ledger
 from kcl_app.adapters.retry import describe
+from kcl_app.adapters.wire_client import OPERATION_OF, WireSender, send
 from kcl_app.core.attrs import Item
 from kcl_app.core.fence import NEWER_THAN_SEEN, Guard, NeverSeen, NewerThanSeen, refusal
 from kcl_app.core.plan import Write
@@ -131,9 +132,11 @@ class InlineWriter:
         *,
         tombstone_table: str,
         tombstone_ttl_seconds: float = 48 * 3600,
+        wire: WireSender | None = None,
     ) -> None:
         self.name = name
         self.client = client
+        self.wire = wire  # the lean path for its PutItem/TransactWriteItems (None: the client's own calls)
         self.table = table
         self.clock = clock
         self.version_attribute = version_attribute
@@ -220,7 +223,7 @@ class InlineWriter:
         while True:
             try:
                 method, request = self._request(write, guard, path)
-                getattr(self.client, method)(**request)
+                send(self.client, self.wire, OPERATION_OF[method], request)
                 return "applied", write, "", attempt
             except Exception as exc:  # noqa: BLE001 - every exception is classified; a local one is invalid
                 last: ErrorInfo = describe(exc)

@@ -35,6 +35,7 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from kcl_app.adapters.retry import describe
+from kcl_app.adapters.wire_client import WireSender, send
 from kcl_app.core.attrs import Item
 from kcl_app.core.fence import NEWER_THAN_SEEN, Guard, NeverSeen, NewerThanSeen, refusal
 from kcl_app.core.plan import Write
@@ -117,9 +118,11 @@ class LedgerWriter:
         backoff: Backoff | None = None,
         tombstone_ttl_seconds: float = 48 * 3600,
         max_concurrency: int = 4,
+        wire: WireSender | None = None,
     ) -> None:
         self.name = name
         self.client = client
+        self.wire = wire  # the lean path for TransactWriteItems (None: the client's own call)
         self.table = table
         self.ledger_table = ledger_table
         self.clock = clock
@@ -188,7 +191,7 @@ class LedgerWriter:
         while pending:
             try:
                 actions = [a for w in pending for a in self._actions(w, guard)]
-                self.client.transact_write_items(TransactItems=actions)
+                send(self.client, self.wire, "TransactWriteItems", {"TransactItems": actions})
                 result.applied += pending
                 return result
             except Exception as exc:  # noqa: BLE001 - every exception is classified; a local one is invalid

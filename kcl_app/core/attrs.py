@@ -31,13 +31,44 @@ Item = dict[str, AttributeValue]
 MAX_DEPTH = 32  # DynamoDB's nesting limit for documents (maps and lists)
 
 
+class WireBytes(bytes):
+    """A binary value decoded from wire form, remembering the base64 text it arrived as (`wire`), so that a
+    request built from it sends that text again instead of encoding the bytes anew. Equal to, and usable
+    wherever, the plain bytes; a value changed by a transform is plain bytes again."""
+
+    wire: str
+
+    def __reduce__(self) -> tuple[Any, ...]:  # copies (a transform's deepcopy) and pickles keep the text
+        return (_wire_bytes, (bytes(self), self.wire))
+
+
+def _wire_bytes(data: bytes, wire: str) -> WireBytes:
+    value = WireBytes(data)
+    value.wire = wire
+    return value
+
+
 def _b64decode(text: Any) -> bytes:
     if not isinstance(text, str):
         raise _Malformed(f"binary value must be base64 text, got {type(text).__name__}")
     try:
-        return base64.b64decode(text.encode("ascii"), validate=True)
+        value = WireBytes(base64.b64decode(text.encode("ascii"), validate=True))
     except (binascii.Error, UnicodeEncodeError):
         raise _Malformed("invalid base64 binary value") from None
+    if _canonical(text):  # what botocore would send for these bytes: the same text
+        value.wire = text
+        return value
+    return bytes(value)
+
+
+def _canonical(text: str) -> bool:
+    """Is `text` (valid, padded base64) the one encoding of its bytes? Only the bits a padded final
+    character leaves unused can differ (they must be zero)."""
+    if text.endswith("=="):
+        return text[-3] in "AQgw"
+    if text.endswith("="):
+        return text[-2] in "AEIMQUYcgkosw048"
+    return True
 
 
 class _Malformed(ValueError):
@@ -178,9 +209,9 @@ def value_to_wire(value: AttributeValue) -> AttributeValue:
     """API form -> wire form (bytes -> base64 text). Used for keys, ledgers and dead letters."""
     ((kind, inner),) = value.items()
     if kind == "B":
-        return {"B": base64.b64encode(bytes(inner)).decode("ascii")}
+        return {"B": _b64encode(inner)}
     if kind == "BS":
-        return {"BS": [base64.b64encode(bytes(b)).decode("ascii") for b in inner]}
+        return {"BS": [_b64encode(b) for b in inner]}
     if kind == "M":
         return {"M": {k: value_to_wire(v) for k, v in inner.items()}}
     if kind == "L":
@@ -188,6 +219,12 @@ def value_to_wire(value: AttributeValue) -> AttributeValue:
     if kind in ("SS", "NS"):
         return {kind: list(inner)}
     return {kind: inner}
+
+
+def _b64encode(value: Any) -> str:
+    if isinstance(value, WireBytes):
+        return value.wire
+    return base64.b64encode(bytes(value)).decode("ascii")
 
 
 def item_to_wire(item: Mapping[str, AttributeValue]) -> Item:
