@@ -316,8 +316,12 @@ def learn_key_schemas(config: Config, clients: Mapping[str, Any], source: Any | 
             # one attempt, short timeouts: an unreachable source (no endpoint for it here, no
             # DescribeTable permission) must not delay the start; the targets are asked next
             # from the targets' session when given: one parsed copy of the service models
+            # without a [source] region the worker's default, else the first target's: botocore
+            # refuses to build a client with no region at all
+            region = config.source_region or default_region() or next(
+                (t.region for t in config.targets if t.source_table == table), None)
             source = (session or boto3).client(
-                "dynamodb", region_name=config.source_region, endpoint_url=config.source_endpoint_url,
+                "dynamodb", region_name=region, endpoint_url=config.source_endpoint_url,
                 config=BotoConfig(retries={"total_max_attempts": 1}, connect_timeout=2, read_timeout=5))
         candidates.append((f"source table {table}", source, table))
         candidates += [(f"target {t.name} table {t.table}", clients[t.name], t.table)

@@ -92,3 +92,14 @@ def test_the_worker_learns_from_moto_and_stops_clearly_without_a_schema(clock: A
                          "subSequenceNumber": 0}) + "\n"
     kcl.KCLProcess(proc, input_file=io.StringIO(script), output_file=io.StringIO(), error_file=io.StringIO()).run()
     assert exits == [EXIT_CANNOT_START]
+
+
+def test_without_any_region_the_source_is_asked_in_the_targets_region(monkeypatch: pytest.MonkeyPatch) -> None:
+    # no [source] region, no AWS_REGION / AWS_DEFAULT_REGION: building the source client used to
+    # raise NoRegionError before any table was asked
+    monkeypatch.delenv("AWS_DEFAULT_REGION", raising=False)
+    monkeypatch.delenv("AWS_REGION", raising=False)
+    create(boto3.client("dynamodb", region_name="eu-west-1"), "orders", [("pk", "S")])
+    target = Describing({})
+    assert learn_key_schemas(parse(CONFIG), {"t": target}) == {"orders": KeySchema(("pk", "S"))}
+    assert target.calls == []
