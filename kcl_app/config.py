@@ -68,6 +68,8 @@ class TargetConfig:
     transform: str | None = None
     retry_budget_seconds: float = 30.0
     max_concurrency: int = 4
+    max_writes_per_second: float | None = None  # per shard process; None: no cap
+    heal_rate: float = 100.0  # parked entries re-applied per second once the target is healthy again
     dead_letter: DeadLetterConfig = field(default_factory=DeadLetterConfig)
 
     @property
@@ -365,6 +367,12 @@ def _target(r: _Reader, raw: Mapping[str, Any], loc: Callable[[str], str], dlq: 
     concurrency = r.get(raw, "max_concurrency", int, loc, 4)
     if not 1 <= concurrency <= 64:
         raise r.fail(loc("max_concurrency"), "must be between 1 and 64")
+    cap = r.get(raw, "max_writes_per_second", (int, float), loc, None)
+    if cap is not None and not 0 < cap <= 1_000_000:
+        raise r.fail(loc("max_writes_per_second"), "must be in (0, 1000000] writes per second")
+    heal_rate = float(r.get(raw, "heal_rate", (int, float), loc, 100.0))
+    if not 0 < heal_rate <= 100_000:
+        raise r.fail(loc("heal_rate"), "must be in (0, 100000] entries per second")
     kind = r.get(dlq, "kind", str, dloc, "dir", ("dir", "sqs"))
     queue_url = r.get(dlq, "queue_url", str, dloc, None)
     if kind == "sqs" and not queue_url:
@@ -391,6 +399,8 @@ def _target(r: _Reader, raw: Mapping[str, Any], loc: Callable[[str], str], dlq: 
         transform=transform,
         retry_budget_seconds=budget,
         max_concurrency=concurrency,
+        max_writes_per_second=float(cap) if cap is not None else None,
+        heal_rate=heal_rate,
         dead_letter=DeadLetterConfig(
             kind=kind,
             path=r.get(dlq, "path", str, dloc, ".tablesync/dead-letters"),

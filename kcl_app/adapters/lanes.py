@@ -22,7 +22,9 @@ Contract (what the record processor relies on), in numbered steps:
 5. A crash re-delivers everything past the last checkpoint; the fence makes re-applying harmless.
 6. `drain()` waits for every lane (shard end: each job is bounded by its budget and parking);
    `stop()` (lease lost) cancels what has not started and checkpoints nothing.
-7. Self-healing: when a target comes back after being open (its probe succeeded), and every
+7. A target's write-rate cap (`max_writes_per_second`) is a token bucket in its lane: the lane
+   waits before a job whose writes exceed it; the other lanes do not.
+8. Self-healing: when a target comes back after being open (its probe succeeded), and every
    `heal_interval` seconds while it is healthy, `heal(target)` is started on a background thread
    (one per target at a time): it re-applies the target's parked entries at a bounded rate (see
    `kcl_app.redrive.auto_redrive`, which decides which process drains which entries).
@@ -35,12 +37,12 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_for
 from dataclasses import dataclass, field
 
-from kcl_app.core.health import TargetHealth
+from kcl_app.core.health import RateCap, TargetHealth
 from kcl_app.core.plan import TargetPlan
 from kcl_app.core.records import RawRecord
 from kcl_app.pipeline import Pipeline, Prepared
@@ -74,7 +76,8 @@ class LaneSettings:
 class Lanes:
     def __init__(self, pipeline: Pipeline, clock: Clock, metrics: Metrics, settings: LaneSettings | None = None,
                  *, paused: Callable[[], Collection[str]] = lambda: (),
-                 heal: Callable[[str], object] | None = None) -> None:
+                 heal: Callable[[str], object] | None = None,
+                 rate_caps: Mapping[str, float | None] | None = None) -> None:
         self.pipeline = pipeline
         self.clock = clock
         self.metrics = metrics
@@ -85,6 +88,7 @@ class Lanes:
         s = self.settings
         self.health = {n: TargetHealth(clock.monotonic, s.probe_base, s.probe_cap) for n in names}
         self.backlog = dict.fromkeys(names, 0)
+        self.caps = {n: RateCap(clock.monotonic, rate) for n, rate in (rate_caps or {}).items() if rate}
         self._lanes = {n: ThreadPoolExecutor(1, thread_name_prefix=f"ts-lane-{n}") for n in names}
         self._parker = ThreadPoolExecutor(2, thread_name_prefix="ts-park")
         self._batches: deque[LaneBatch] = deque()
@@ -140,6 +144,10 @@ class Lanes:
                 return self._park(prepared, name, f"target {name} is {why}; parked without sending")
             if admission == "probe":
                 log.info("target %s: probing with a batch of %d writes", name, writes)
+            cap = self.caps.get(name)
+            pause = cap.delay(writes) if cap is not None else 0.0
+            if pause > 0:  # the target's write-rate cap: the lane waits, the other targets do not
+                self.clock.sleep(pause)
             deadline = self.clock.monotonic() + self.pipeline.budgets[name]
             try:
                 unsettled = self.pipeline.settle_target(prepared, name, deadline)

@@ -91,3 +91,23 @@ class TargetHealth:
     def code(self) -> int:
         """The state as a number for metrics: 0 healthy, 1 failing, 2 probing, 3 open, 4 paused."""
         return 4 if self.paused else STATE_CODES[self.state]
+
+
+@dataclass
+class RateCap:
+    """A token bucket of `rate` writes per second (burst: one second's worth). `delay(n)` takes n
+    tokens and returns how long to wait before sending them (0 when they are available now)."""
+
+    clock: Callable[[], float]
+    rate: float
+    tokens: float = -1.0
+    stamp: float = 0.0
+
+    def delay(self, n: int) -> float:
+        now = self.clock()
+        if self.tokens < 0:  # first use: a full bucket
+            self.tokens, self.stamp = self.rate, now
+        self.tokens = min(self.rate, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        self.tokens -= n
+        return 0.0 if self.tokens >= 0 else -self.tokens / self.rate
