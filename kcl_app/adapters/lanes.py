@@ -12,7 +12,7 @@ Contract (what the record processor relies on), in numbered steps:
    (memory stays bounded). Otherwise the job goes to the lane, where `admit()` is asked again when
    it starts: a job queued while the target opened is parked then, without being sent.
 3. `wait(batch)` waits for the lanes of HEALTHY targets only, at most `patience` seconds (None:
-   until they settle). A healthy lane still busy after the patience is marked `failing`: the shard
+   until they settle), and for the writes parked at once (local and quick). A healthy lane still busy after the patience is marked `failing`: the shard
    stops waiting for it; its writes keep going in the background, within their budget.
 4. `checkpointable()` returns the last record settled in EVERY target: batches are settled in the
    order they were submitted; a batch is settled once every target's job is done (applied, stale,
@@ -55,6 +55,7 @@ log = logging.getLogger("tablesync.lanes")
 class LaneBatch:
     prepared: Prepared
     futures: dict[str, Future[set[int]]] = field(default_factory=dict)
+    parking: set[str] = field(default_factory=set)  # targets whose writes are parked at once (always waited for)
 
     @property
     def done(self) -> bool:
@@ -117,6 +118,7 @@ class Lanes:
                 batch.futures[name] = self._lanes[name].submit(self._send, prepared, name, writes)
             else:
                 batch.futures[name] = self._parker.submit(self._park, prepared, name, reason)
+                batch.parking.add(name)
         with self._lock:
             self._batches.append(batch)
         return batch
@@ -192,6 +194,9 @@ class Lanes:
         patience = self.settings.patience
         end = None if patience is None else time.monotonic() + patience
         for name, future in batch.futures.items():
+            if name in batch.parking:  # parking is local and quick: always waited for
+                wait_for([future])
+                continue
             if not self.health[name].waited_for:
                 continue
             timeout = None if end is None else max(0.0, end - time.monotonic())
