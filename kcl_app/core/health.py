@@ -100,12 +100,12 @@ class RateCap:
 
     clock: Callable[[], float]
     rate: float
-    tokens: float = -1.0
+    tokens: float | None = None  # None until first used: then a full bucket
     stamp: float = 0.0
 
     def delay(self, n: int) -> float:
         now = self.clock()
-        if self.tokens < 0:  # first use: a full bucket
+        if self.tokens is None:
             self.tokens, self.stamp = self.rate, now
         self.tokens = min(self.rate, self.tokens + (now - self.stamp) * self.rate)
         self.stamp = now

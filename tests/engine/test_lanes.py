@@ -238,3 +238,73 @@ def test_a_silent_target_is_not_waited_for_and_the_checkpoint_stays_behind_it(cl
     assert len(reasons) == 9
     assert sum(r.startswith("retry budget spent") for r in reasons) == 3
     assert sum(r.startswith("target b is open") and r.endswith("parked without sending") for r in reasons) == 6
+
+
+def test_a_silent_target_beyond_the_backlog_bound_parks_at_once_and_shutdown_checkpoints_what_is_settled(
+        clock, tmp_path) -> None:
+    stack = Stack(clock, tmp_path, patience=0.02, max_backlog=4)
+    a, b = stack.targets["a"], stack.targets["b"]
+    b.mode = "silent"
+    daemon = stack.run([stack.batch(3), stack.batch(3), {"action": "shutdownRequested"}, b.gate.set])
+    # batch 1 went to b's lane (3 writes in flight); batch 2 would pass the bound of 4: parked unsent
+    assert b.calls == 1
+    assert [r for r in stack.parked("b") if "writes in flight" in r] and len(stack.parked("b")) == 3
+    assert len(a.items) == 4
+    # shutdown: nothing is settled everywhere yet (b still holds batch 1), so the current position
+    assert daemon.checkpoints() == [None]
+
+
+def test_lease_lost_stops_the_lanes_and_checkpoints_nothing(clock, tmp_path) -> None:
+    stack = Stack(clock, tmp_path, patience=0.02)
+    stack.targets["b"].mode = "silent"
+    daemon = stack.run([stack.batch(), {"action": "leaseLost"}, stack.targets["b"].gate.set])
+    assert daemon.checkpoints() == []
+
+
+def test_shard_end_drains_a_slow_lane_before_shard_end(clock, tmp_path) -> None:
+    stack = Stack(clock, tmp_path, patience=0.02)
+    b = stack.targets["b"]
+    b.mode = "silent"
+
+    def answer_later() -> None:  # the silent endpoint's call times out while shard_ended drains
+        threading.Thread(target=b.gate.set).start()
+
+    daemon = stack.run([stack.batch(), stack.batch(), answer_later, {"action": "shardEnded"}])
+    assert daemon.checkpoints() == [None]  # SHARD_END only once b's lane is drained (its writes parked)
+    assert len(stack.parked("b")) == 6
+    assert stack.exits == []
+
+
+def test_a_paused_target_is_parked_deliberately_and_caught_up_on_resume(clock, tmp_path) -> None:
+    stack = Stack(clock, tmp_path, paused={"b"})
+    a, b = stack.targets["a"], stack.targets["b"]
+
+    def resume() -> None:
+        stack.paused.clear()
+
+    daemon = stack.run([stack.batch(), stack.batch(), resume, stack.batch(), {"action": "shardEnded"}])
+    stack.wait_heal("b")
+    assert daemon.checkpoints() == ["00003", "00006", "00009", None]
+    assert b.items == a.items == stack.source()
+    assert stack.parked("b") == []
+    assert b.calls == 2  # the batch after the resume, and the catch-up of the six paused changes
+
+
+def test_a_write_rate_cap_paces_only_its_own_lane(clock, tmp_path) -> None:
+    stack = Stack(clock, tmp_path)
+    pipeline = stack.pipeline
+    lanes = Lanes(pipeline, clock, stack.metrics, LaneSettings(), rate_caps={"b": 3.0})
+    for _ in range(3):
+        lanes.wait(lanes.submit(_raw(stack.batch(3))))
+    lanes.drain()
+    last, stuck = lanes.checkpointable()
+    assert last is not None and last.sequence_number == "00009" and not stuck
+    # a full bucket (3) then 3 writes per second: two batches of 3 waited 1 s each on the clock
+    assert clock.slept == [1.0, 1.0]
+    lanes.close()
+
+
+def _raw(message: dict[str, Any]) -> list[Any]:
+    from kcl_app.core.records import RawRecord
+
+    return [RawRecord(base64.b64decode(r["data"]), r["sequenceNumber"], shard_id="s") for r in message["records"]]
