@@ -12,8 +12,9 @@ Contract (what the record processor relies on), in numbered steps:
    (memory stays bounded). Otherwise the job goes to the lane, where `admit()` is asked again when
    it starts: a job queued while the target opened is parked then, without being sent.
 3. `wait(batch)` waits for the lanes of HEALTHY targets only, at most `patience` seconds (None:
-   until they settle), and for the writes parked at once (local and quick). A healthy lane still busy after the patience is marked `failing`: the shard
-   stops waiting for it; its writes keep going in the background, within their budget.
+   until they settle), and for the writes parked at once (local and quick). A healthy lane still
+   busy after the patience is marked `failing`: the shard stops waiting for it; its writes keep
+   going in the background, within their budget.
 4. `checkpointable()` returns the last record settled in EVERY target: batches are settled in the
    order they were submitted; a batch is settled once every target's job is done (applied, stale,
    duplicate, or durably parked). The processor checkpoints that record, which may be earlier than
