@@ -26,6 +26,7 @@ from botocore.config import Config as BotoConfig
 from botocore.credentials import AssumeRoleCredentialFetcher, DeferredRefreshableCredentials
 
 from kcl_app.adapters.clock import SystemClock
+from kcl_app.adapters.control import ControlTable, PausedTargets
 from kcl_app.adapters.dead_letters import DirectoryDeadLetters, RoutedDeadLetters, S3Payloads, SqsDeadLetters
 from kcl_app.adapters.export import DynamoImports, S3Exports
 from kcl_app.adapters.inline import InlineWriter, ensure_tombstones
@@ -410,9 +411,35 @@ def build_lanes(config: Config, pipeline: Pipeline, dead_letters: DeadLetterSink
         auto_redrive(pipeline, dead_letters, name, clock=clock, rate=config.target(name).heal_rate,
                      lock_dir=heal_lock_dir(), reread=reread_for(name), metrics=metrics)
 
-    return Lanes(pipeline, clock, metrics, settings or LaneSettings(patience=0.5), heal=heal,
+    control = control_table(config)
+    paused = PausedTargets(control, clock).current if control is not None else (lambda: frozenset[str]())
+    return Lanes(pipeline, clock, metrics, settings or LaneSettings(patience=0.5), heal=heal, paused=paused,
                  rate_caps={t.name: t.max_writes_per_second for t in config.targets})
 
 
-__all__ = ["POISON_STORE", "UNMAPPED_STORE", "Engine", "base_session", "build_engine", "build_lanes", "configure_aws",
-           "lease_clients", "preflight_clients", "session_for", "source_dynamodb", "source_kinesis", "target_specs"]
+def control_table(config: Config) -> ControlTable | None:
+    """The control table of `tablesync pause` (`[control] table`, in the source's region), or None."""
+    if config.control_table is None:
+        return None
+    client = base_session().client("dynamodb", region_name=config.source_region or default_region(),
+                                   endpoint_url=config.source_endpoint_url,
+                                   config=boto_config(max_pool=4, timeout=5.0, connect_timeout=2.0))
+    return ControlTable(client, config.control_table)
+
+
+__all__ = [
+    "POISON_STORE",
+    "UNMAPPED_STORE",
+    "Engine",
+    "base_session",
+    "build_engine",
+    "build_lanes",
+    "configure_aws",
+    "control_table",
+    "lease_clients",
+    "preflight_clients",
+    "session_for",
+    "source_dynamodb",
+    "source_kinesis",
+    "target_specs",
+]

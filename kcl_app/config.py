@@ -107,6 +107,7 @@ class Config:
     max_clock_skew_seconds: float = DEFAULT_MAX_SKEW_SECONDS
     earliest_change_seconds: float = DEFAULT_FLOOR_MICROS / 1_000_000
     log_values: bool = False
+    control_table: str | None = None  # `[control] table`: where `tablesync pause` records paused targets
 
     @property
     def tombstone_ttl_seconds(self) -> float:
@@ -151,7 +152,7 @@ def load_transform(spec: str) -> Transform:
 
 # ---------------------------------------------------------------------------------------------
 _TOP_KEYS = {"unmapped", "precision", "stream_retention_hours", "tombstone_margin_hours",
-             "source", "metrics", "dead_letter", "defaults", "targets", "log_values"}
+             "source", "metrics", "dead_letter", "defaults", "targets", "log_values", "control"}
 _SOURCE_KEYS = {"region", "endpoint_url", "table", "key_schema", "max_clock_skew_seconds", "earliest_change_seconds"}
 _TARGET_KEYS = {f for f in TargetConfig.__dataclass_fields__} | {"dead_letter"}
 _DLQ_KEYS = set(DeadLetterConfig.__dataclass_fields__)
@@ -209,6 +210,11 @@ def parse(doc: Mapping[str, Any], origin: str = "<config>") -> Config:
     r.check_keys(source, _SOURCE_KEYS, "source.")
     metrics = r.get(doc, "metrics", dict, "", {})
     r.check_keys(metrics, {"namespace"}, "metrics.")
+    control = r.get(doc, "control", dict, "", {})
+    r.check_keys(control, {"table"}, "control.")
+    control_table = r.get(control, "table", str, "control.", None)
+    if control_table is not None and not _TABLE_NAME.match(control_table):
+        raise r.fail("control.table", f"{control_table!r} is not a valid DynamoDB table name")
     top_dlq = r.get(doc, "dead_letter", dict, "", {})
     r.check_keys(top_dlq, _DLQ_KEYS, "dead_letter.")
     default_dlq = defaults.get("dead_letter", {})
@@ -299,6 +305,7 @@ def parse(doc: Mapping[str, Any], origin: str = "<config>") -> Config:
         max_clock_skew_seconds=skew,
         earliest_change_seconds=earliest,
         log_values=r.get(doc, "log_values", bool, "", False),
+        control_table=control_table,
     )
 
 

@@ -1,0 +1,73 @@
+"""`tablesync pause` / `resume` through the control table (moto): the state every shard process
+reads, kept as last known when the table cannot be read, and refused clearly without a table."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+
+from kcl_app.adapters.control import ControlTable, PausedTargets
+from kcl_app.cli import main
+from kcl_app.compose import control_table
+from kcl_app.config import load
+
+pytestmark = pytest.mark.usefixtures("moto")
+
+CONFIG = """
+[source]
+region = "eu-west-1"
+[control]
+table = "tablesync-control"
+[[targets]]
+name = "prod"
+source_table = "src"
+region = "eu-west-1"
+table = "copy"
+"""
+
+
+def test_pause_reaches_a_reader_and_resume_clears_it(tmp_path: Path, clock: Any, capsys: Any) -> None:
+    path = tmp_path / "t.toml"
+    path.write_text(CONFIG)
+    assert main(["pause", "--config", str(path), "--target", "prod", "--reason", "index rebuild"]) == 0
+    control = control_table(load(path))
+    assert control is not None
+    assert control.paused()["prod"]["reason"] == "index rebuild"
+    reader = PausedTargets(control, clock, interval=5.0)
+    assert reader.current() == {"prod"}  # the first read is synchronous
+    assert main(["resume", "--config", str(path), "--target", "prod"]) == 0
+    assert reader.current() == {"prod"}  # not re-read before the interval
+    clock.advance(5.0)
+    reader.current()
+    assert reader._thread is not None
+    reader._thread.join(timeout=10)
+    assert reader.current() == frozenset()
+    assert "resumed" in capsys.readouterr().out
+
+
+def test_an_unreadable_table_keeps_the_last_known_pause(clock: Any) -> None:
+    client = boto3.client("dynamodb", region_name="eu-west-1")
+    control = ControlTable(client, "ctl")
+    control.ensure()
+    control.pause("prod", "maintenance", clock.now())
+    reader = PausedTargets(control, clock)
+    assert reader.current() == {"prod"}
+
+    class Broken:
+        def scan(self, **kwargs: Any) -> Any:
+            raise OSError("network down")
+
+    control.client = Broken()
+    reader.refresh()
+    assert reader.current() == {"prod"}
+
+
+def test_pause_without_a_control_table_says_what_to_add(tmp_path: Path, capsys: Any) -> None:
+    path = tmp_path / "t.toml"
+    path.write_text(CONFIG.replace('[control]\ntable = "tablesync-control"\n', ""))
+    assert main(["pause", "--config", str(path), "--target", "prod"]) == 2
+    assert "[control]" in capsys.readouterr().err
+    assert main(["pause", "--config", str(path), "--target", "nope"]) == 2
