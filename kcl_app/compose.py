@@ -409,7 +409,8 @@ def build_lanes(config: Config, pipeline: Pipeline, dead_letters: DeadLetterSink
 
     def heal(name: str) -> None:
         auto_redrive(pipeline, dead_letters, name, clock=clock, rate=config.target(name).heal_rate,
-                     lock_dir=heal_lock_dir(), reread=reread_for(name), metrics=metrics)
+                     lock_dir=heal_lock_dir(), reread=reread_for(name), metrics=metrics,
+                     lock_name=f"{os.path.abspath(config.origin)}:{name}")
 
     control = control_table(config)
     paused = PausedTargets(control, clock).current if control is not None else (lambda: frozenset[str]())

@@ -376,11 +376,12 @@ class HostLock:
 
 
 def auto_redrive(pipeline: Pipeline, sink: DeadLetterSink, target: str, *, clock: Clock, rate: float,
-                 lock_dir: str, reread: Reread | None = None, metrics: Metrics | None = None
-                 ) -> RedriveReport | None:
+                 lock_dir: str, reread: Reread | None = None, metrics: Metrics | None = None,
+                 lock_name: str | None = None) -> RedriveReport | None:
     """Re-apply `target`'s parked entries at most `rate` entries per second (the self-healing entry
-    point; see the notes above for who drains what). None when another process here holds the turn."""
-    lock = HostLock(lock_dir, f"{type(sink).__name__}:{target}")
+    point; see the notes above for who drains what). None when another process here holds the turn.
+    `lock_name` names the store (e.g. the config file and target) for the per-machine turn."""
+    lock = HostLock(lock_dir, lock_name or f"{type(sink).__name__}:{target}")
     if not lock.acquire():
         return None
     try:
