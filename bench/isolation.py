@@ -130,6 +130,10 @@ class SwitchProxy:
                 upstream.close()
 
 
+def ndiff(source: Any, target: Any) -> int:
+    return sum(len(keys) for keys in differences(source, target).values())
+
+
 def pct(values: list[float], q: int) -> float:
     if len(values) < 2:
         return values[0] if values else float("nan")
@@ -211,8 +215,8 @@ def main() -> int:
             polls = 0
             while time.time() - t_up < args.after:
                 src = scan(source, "iso-source")
-                failed = len(differences(src, scan(clients[FAILING], tables[FAILING])))
-                healthy = len(differences(src, scan(clients["alpha"], tables["alpha"])))
+                failed = ndiff(src, scan(clients[FAILING], tables[FAILING]))
+                healthy = ndiff(src, scan(clients["alpha"], tables["alpha"]))
                 polls += 1
                 if caught_up is None and failed <= healthy:
                     caught_up = time.time() - t_up
@@ -223,7 +227,7 @@ def main() -> int:
             equal: float | None = None
             while time.time() - t_stop < 120:
                 src = scan(source, "iso-source")
-                if not differences(src, scan(clients[FAILING], tables[FAILING])):
+                if not ndiff(src, scan(clients[FAILING], tables[FAILING])):
                     equal = time.time() - t_up
                     break
                 time.sleep(1.0)
