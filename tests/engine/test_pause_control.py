@@ -71,3 +71,30 @@ def test_pause_without_a_control_table_says_what_to_add(tmp_path: Path, capsys: 
     assert main(["pause", "--config", str(path), "--target", "prod"]) == 2
     assert "[control]" in capsys.readouterr().err
     assert main(["pause", "--config", str(path), "--target", "nope"]) == 2
+
+
+def test_status_shows_each_target_state_and_parked_backlog(tmp_path: Path, capsys: Any) -> None:
+    import argparse
+    import json
+
+    from kcl_app.adapters.dead_letters import DirectoryDeadLetters
+    from kcl_app.commands import status
+    from kcl_app.ports import DeadLetter
+
+    ddb = boto3.client("dynamodb", region_name="eu-west-1")
+    ddb.create_table(TableName="app", AttributeDefinitions=[{"AttributeName": "leaseKey", "AttributeType": "S"}],
+                     KeySchema=[{"AttributeName": "leaseKey", "KeyType": "HASH"}], BillingMode="PAY_PER_REQUEST")
+    path = tmp_path / "t.toml"
+    second = CONFIG[CONFIG.index("[[targets]]"):].replace('"prod"', '"dr"').replace('"copy"', '"copy-dr"')
+    path.write_text(CONFIG + second + f'[dead_letter]\nkind = "dir"\npath = "{tmp_path / "dl"}"\n')
+    DirectoryDeadLetters(tmp_path / "dl").park([DeadLetter("dr", "retry budget spent", b"{}", "1", "s", 1.0)] * 2)
+    assert main(["pause", "--config", str(path), "--target", "prod", "--reason", "maintenance"]) == 0
+    capsys.readouterr()
+    args = argparse.Namespace(app="app", lease_table=None, stream=None, region="eu-west-1", endpoint=None, json=True,
+                              config=str(path))
+    assert status.run(args) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["targets"] == [
+        {"target": "prod", "state": "paused", "reason": "maintenance", "parked_backlog": 0},
+        {"target": "dr", "state": "active", "reason": "", "parked_backlog": 2},
+    ]
