@@ -204,8 +204,10 @@ class Lanes:
             done, _ = wait_for([future], timeout=timeout)
             if not done:
                 with self._lock:
-                    self.health[name].slow()
-                log.info("target %s: still writing after %.2f s; not waiting for it", name, patience or 0.0)
+                    changed = self.health[name].slow()
+                if changed:
+                    log.info("target %s: still writing after %.2f s; not waiting for it until it settles", name,
+                             patience or 0.0)
 
     # -- 4 what may be checkpointed --------------------------------------------------------------
     def checkpointable(self) -> tuple[RawRecord | None, bool]:

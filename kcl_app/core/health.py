@@ -54,10 +54,13 @@ class TargetHealth:
             return "park"  # one probe at a time
         return "send"
 
-    def slow(self) -> None:
-        """The shard's patience for this target ran out with work still in flight."""
+    def slow(self) -> bool:
+        """The shard's patience for this target ran out with work still in flight. True when this
+        changed the state (healthy -> failing)."""
         if self.state == "healthy":
             self.state = "failing"
+            return True
+        return False
 
     def succeeded(self) -> None:
         """A sent job settled within its budget (applied, stale, or refused item by item)."""

@@ -190,19 +190,26 @@ def test_a_down_target_costs_one_budget_then_parks_at_once_and_heals_after_recov
     def down() -> None:
         b.mode = "down"
 
+    def probed() -> None:
+        assert stack.lanes is not None
+        stack.lanes.drain()
+
     daemon = stack.run([
         down, mark, stack.batch(),  # the first batch spends b's budget (30 s on the fake clock)
         mark, stack.batch(), mark, stack.batch(), mark,  # b is open: parked at once, nothing waits
-        recover, stack.batch(),  # this batch is the probe: it succeeds, b heals by itself
+        recover, stack.batch(),  # this batch is the probe (not waited for): it succeeds, b heals by itself
+        probed, stack.batch(),  # b is healthy again: waited for, like a
         {"action": "shardEnded"},
     ])
     stack.wait_heal("b")
     # the first batch waited one budget for b; the next two did not wait at all
     assert spent[1] - spent[0] >= 29.0
     assert spent[2] == spent[1] and spent[3] == spent[2]
-    assert b.calls == 2 + 1  # one budgeted call, the probe, and the heal's replay of the parked changes
-    # every batch checkpointed its end (settled everywhere: applied in a, parked or applied in b)
-    assert daemon.checkpoints() == ["00003", "00006", "00009", "00012", None]
+    # one budgeted call, the probe, the heal's replay of the parked changes, the last batch
+    assert b.calls == 4
+    # every batch checkpointed its end (settled everywhere: applied in a, parked or applied in b);
+    # the probe's batch only if the probe had settled before the shard looked (it does not wait for it)
+    assert [c for c in daemon.checkpoints() if c != "00012"] == ["00003", "00006", "00009", "00015", None]
     assert stack.exits == []
     # both targets equal the source, with no command; nothing is left parked
     assert a.items == stack.source()
