@@ -78,3 +78,41 @@ def test_a_refused_connection_gets_exactly_one_attempt(monkeypatch) -> None:
     with pytest.raises(botocore.exceptions.EndpointConnectionError):
         client.describe_table(TableName="copy")
     assert calls == ["sent"]
+
+
+class TimingOutClient:
+    """Every call takes `timeout` seconds on the fake clock, then raises botocore's ReadTimeoutError
+    (whose `response` attribute is None: the writer must still classify it as a transport error)."""
+
+    def __init__(self, clock, timeout: float) -> None:
+        self.clock = clock
+        self.timeout = timeout
+        self.calls: list[float] = []
+
+    def transact_write_items(self, **kwargs):
+        self.calls.append(self.clock.monotonic())
+        self.clock.sleep(self.timeout)
+        raise botocore.exceptions.ReadTimeoutError(endpoint_url="http://silent")
+
+
+def test_a_budget_is_honoured_within_one_call_timeout(clock) -> None:
+    from kcl_app.adapters.ledger import LedgerWriter
+    from kcl_app.core.attrs import key_id
+    from kcl_app.core.plan import Write
+    from kcl_app.core.records import Change
+    from kcl_app.core.versions import Version
+
+    client = TimingOutClient(clock, timeout=5.0)
+    writer = LedgerWriter("t", client, "copy", "ledger", clock)
+    key = {"pk": {"S": "k"}}
+    change = Change(table="src", event="INSERT", key=key, key_id=key_id(key), new_image=dict(key),
+                    version=Version(1, "a"), ttl_delete=False, event_id="e1")
+    writes = [Write("t", key, key_id(key), Version(1, "a"), dict(key), change, (0,))]
+    start = clock.monotonic()
+    result = writer.apply(writes, start + 30.0)
+    elapsed = clock.monotonic() - start
+    assert [why.split(";")[0] for _, why in result.failed] == ["retry budget spent"]
+    assert "ReadTimeoutError" in result.failed[0][1]
+    assert len(client.calls) >= 2  # a timeout is retried (transport error) ...
+    assert all(at < start + 30.0 for at in client.calls)  # ... but no call starts after the deadline
+    assert elapsed <= 30.0 + 5.0  # the budget, plus at most the call in flight at the deadline
