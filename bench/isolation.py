@@ -6,6 +6,7 @@ bench switches: `up` (forwards), `refuse` (nothing listens: connections are refu
 (accepts and never answers; open connections stop answering too). The source is written at a
 steady rate (40 writes/s by default) throughout:
 
+  warm    (30 s)   every target up, not measured (start-up transients)
   before  (20 s)   every target up
   during  (60 s)   the third target refused for the first half, silent for the second
   after   (30 s)   the third target up again; then the writes stop
@@ -81,6 +82,7 @@ def writer(stack: Any, rate: float, stop: threading.Event, counter: list[int], k
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rate", type=float, default=40.0, help="source writes per second")
+    ap.add_argument("--warm", type=float, default=30.0, help="writes before the figures start")
     ap.add_argument("--before", type=float, default=20.0)
     ap.add_argument("--outage", type=float, default=60.0)
     ap.add_argument("--after", type=float, default=30.0)
@@ -118,11 +120,12 @@ def main() -> int:
             while not all(clients[n].get_item(TableName=tables[n], Key={"pk": {"S": "warm-up"}}).get("Item")
                           for n in tables):
                 time.sleep(0.2)
-            _, offset = read_metrics(fleet.metrics_file)
             counter = [0]
             load = threading.Thread(target=writer, args=(stack, args.rate, stop, counter), daemon=True)
             t0 = time.time()
             load.start()
+            time.sleep(args.warm)  # steady state first (JVM, KCL lease balancing, connection pools)
+            _, offset = read_metrics(fleet.metrics_file)
             time.sleep(args.before)
             t_down = time.time()
             proxy.set("refuse")

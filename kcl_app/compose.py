@@ -40,7 +40,7 @@ from kcl_app.core.errors import ConfigError
 from kcl_app.pipeline import POISON_STORE, UNMAPPED_STORE, Pipeline
 from kcl_app.ports import Clock, DeadLetterSink, Metrics, TargetWriter
 from kcl_app.preflight import Clients as PreflightClients
-from kcl_app.redrive import Reread, auto_redrive
+from kcl_app.redrive import RedriveReport, Reread, auto_redrive
 from kcl_app.verify import Verifier
 
 if TYPE_CHECKING:
@@ -407,8 +407,8 @@ def build_lanes(config: Config, pipeline: Pipeline, dead_letters: DeadLetterSink
             rereads[name] = Reread(lambda key: verifier.repair_key(spec, key), clock, max_age, config.precision)
         return rereads[name]
 
-    def heal(name: str) -> None:
-        auto_redrive(pipeline, dead_letters, name, clock=clock, rate=config.target(name).heal_rate,
+    def heal(name: str) -> RedriveReport | None:
+        return auto_redrive(pipeline, dead_letters, name, clock=clock, rate=config.target(name).heal_rate,
                      lock_dir=heal_lock_dir(), reread=reread_for(name), metrics=metrics,
                      lock_name=f"{os.path.abspath(config.origin)}:{name}")
 

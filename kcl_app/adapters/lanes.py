@@ -25,9 +25,10 @@ Contract (what the record processor relies on), in numbered steps:
    `stop()` (lease lost) cancels what has not started and checkpoints nothing.
 7. A target's write-rate cap (`max_writes_per_second`) is a token bucket in its lane: the lane
    waits before a job whose writes exceed it; the other lanes do not.
-8. Self-healing: when a target comes back after being open (its probe succeeded), and every
-   `heal_interval` seconds while it is healthy, `heal(target)` is started on a background thread
-   (one per target at a time): it re-applies the target's parked entries at a bounded rate (see
+8. Self-healing: when a target comes back after being open (its probe succeeded), and while it is
+   not open (every `heal_interval` seconds, or `heal_retry` after a round that found entries or
+   did not get the turn), `heal(target)` is started on a background thread (one per target at a
+   time) from `tick()` after a batch: it re-applies the target's parked entries at a bounded rate (see
    `kcl_app.redrive.auto_redrive`, which decides which process drains which entries).
 Waits (3, 6) are real time: they synchronise threads. Budgets and probe schedules use the clock.
 """
@@ -71,7 +72,8 @@ class LaneSettings:
     max_backlog: int = 10_000  # writes in flight per unhealthy target before new ones are parked at once
     probe_base: float = 2.0
     probe_cap: float = 15.0
-    heal_interval: float = 30.0
+    heal_interval: float = 30.0  # between rounds that found nothing to re-apply
+    heal_retry: float = 3.0  # after a round that found entries, or did not get the turn
     metrics_interval: float = 10.0
 
 
@@ -157,7 +159,11 @@ class Lanes:
             except Exception as exc:  # an engine defect: park this target's writes with it as the reason
                 log.exception("target %s: engine failed on a job; parking its writes", name)
                 return self._park(prepared, name, f"engine failed on the target's writes ({type(exc).__name__})")
-            spent = prepared.result.targets[name].spent
+            counts = prepared.result.targets[name]
+            spent = counts.spent
+            answered = counts.applied + counts.stale + counts.duplicate
+            if not spent and writes and not answered and counts.parked:
+                spent = "no write of the job was answered"  # e.g. every call raised: not a healthy target
             with self._lock:
                 before, state = health.recovered, health.state
                 if spent:
@@ -250,7 +256,7 @@ class Lanes:
         """After each batch: start due heals of healthy targets, emit the per-target state metrics."""
         now = self.clock.monotonic()
         for name, health in self.health.items():
-            if health.waited_for and now >= self._heal_due[name]:
+            if health.state in ("healthy", "failing") and not health.paused and now >= self._heal_due[name]:
                 self._start_heal(name)
         if now < self._metrics_due:
             return
@@ -278,12 +284,19 @@ class Lanes:
             self._healing[name] = thread
         thread.start()
 
-    @staticmethod
-    def _heal_one(heal: Callable[[str], object], name: str) -> None:
+    def _heal_one(self, heal: Callable[[str], object], name: str) -> None:
+        """One round. Another round comes soon (`heal_retry`) when this one found entries (more may
+        have been parked meanwhile) or did not get the turn (another process drains); otherwise
+        after `heal_interval`."""
+        again = True
         try:
-            heal(name)
-        except Exception:  # healing tries again at its next interval; it must never stop the shard
+            report = heal(name)
+            again = report is None or bool(getattr(report, "read", 0))
+        except Exception:  # healing tries again later; it must never stop the shard
             log.warning("target %s: re-applying parked changes failed; trying again later", name, exc_info=True)
+        with self._lock:
+            delay = self.settings.heal_retry if again else self.settings.heal_interval
+            self._heal_due[name] = self.clock.monotonic() + delay
 
     def healing(self, name: str) -> threading.Thread | None:
         return self._healing.get(name)

@@ -129,8 +129,8 @@ class Stack:
         self.exits: list[int] = []
         self.daemon = Daemon([])
 
-    def heal(self, name: str) -> None:
-        auto_redrive(self.pipeline, self.sink, name, clock=self.clock, rate=1000.0, lock_dir=self.lock_dir,
+    def heal(self, name: str) -> Any:
+        return auto_redrive(self.pipeline, self.sink, name, clock=self.clock, rate=1000.0, lock_dir=self.lock_dir,
                      metrics=self.metrics)
 
     def make_lanes(self, pipeline: Pipeline) -> Lanes:
