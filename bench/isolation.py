@@ -33,7 +33,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from kcl_app.local.fleet import (  # noqa: E402
+from tablesync_local.fleet import (  # noqa: E402
     Fleet,
     create_source,
     create_table,
@@ -42,7 +42,7 @@ from kcl_app.local.fleet import (  # noqa: E402
     read_metrics,
     scan,
 )
-from kcl_app.local.stack import running_stack  # noqa: E402
+from tablesync_local.stack import running_stack  # noqa: E402
 from tests.support.switch_proxy import SwitchProxy  # noqa: E402
 
 REGION = "us-east-1"

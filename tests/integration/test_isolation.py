@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from kcl_app.local.fleet import Fleet, create_source, create_table, differences, read_metrics, scan, wait_for
+from tablesync_local.fleet import Fleet, create_source, create_table, differences, read_metrics, scan, wait_for
 from tests.support.switch_proxy import SwitchProxy
 
 pytestmark = [pytest.mark.integration, pytest.mark.daemon]
