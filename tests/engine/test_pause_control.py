@@ -10,11 +10,22 @@ import boto3
 import pytest
 
 from kcl_app.adapters.control import ControlTable, PausedTargets
-from kcl_app.cli import main
+from kcl_app.commands import pause, resume
 from kcl_app.compose import control_table
 from kcl_app.config import load
 
 pytestmark = pytest.mark.usefixtures("moto")
+
+
+def main(argv: list[str]) -> int:
+    """The command's own run (not the CLI's dispatch, which sets up process-wide logging)."""
+    import argparse
+
+    command, *rest = argv
+    opts = dict(zip(rest[::2], rest[1::2], strict=True))
+    args = argparse.Namespace(config=opts["--config"], target=opts["--target"],
+                              reason=opts.get("--reason", "paused by the operator"))
+    return {"pause": pause, "resume": resume}[command].run(args)
 
 CONFIG = """
 [source]
