@@ -10,7 +10,8 @@ Contract (what the record processor relies on), in numbered steps:
    not due, gets its writes parked at once (durably, in a separate small pool, never queued behind
    the lane); so does a target that is not healthy and already has `max_backlog` writes in flight
    (memory stays bounded). Otherwise the job goes to the lane, where `admit()` is asked again when
-   it starts: a job queued while the target opened is parked then, without being sent.
+   it starts: a job queued while the target opened is parked then, without being sent. A probe's
+   writes get a short budget (`probe_budget`), so that a silent target costs little per probe.
 3. `wait(batch)` waits for the lanes of HEALTHY targets only, at most `patience` seconds (None:
    until they settle), and for the writes parked at once (local and quick). A healthy lane still
    busy after the patience is marked `failing`: the shard stops waiting for it; its writes keep
@@ -72,6 +73,7 @@ class LaneSettings:
     max_backlog: int = 10_000  # writes in flight per unhealthy target before new ones are parked at once
     probe_base: float = 2.0
     probe_cap: float = 15.0
+    probe_budget: float = 6.0  # the retry budget of a probe's writes (at most the target's own)
     heal_interval: float = 30.0  # between rounds that found nothing to re-apply
     heal_retry: float = 3.0  # after a round that found entries, or did not get the turn
     metrics_interval: float = 10.0
@@ -153,7 +155,10 @@ class Lanes:
             pause = cap.delay(writes) if cap is not None else 0.0
             if pause > 0:  # the target's write-rate cap: the lane waits, the other targets do not
                 self.clock.sleep(pause)
-            deadline = self.clock.monotonic() + self.pipeline.budgets[name]
+            budget = self.pipeline.budgets[name]
+            if admission == "probe":  # a probe is short: a silent target must not hold the lane a whole budget
+                budget = min(budget, self.settings.probe_budget)
+            deadline = self.clock.monotonic() + budget
             try:
                 unsettled = self.pipeline.settle_target(prepared, name, deadline)
             except Exception as exc:  # an engine defect: park this target's writes with it as the reason

@@ -43,11 +43,13 @@ class FakeTarget:
         self.items: dict[str, dict[str, Any]] = {}
         self.versions: dict[str, Any] = {}
         self.calls = 0
+        self.budgets: list[float] = []  # per call: the budget it was given (deadline - start)
         self._lock = threading.Lock()
 
     def apply(self, writes: Sequence[Write], deadline: float) -> ApplyResult:
         with self._lock:
             self.calls += 1
+            self.budgets.append(deadline - self.clock.monotonic())
         if self.mode == "silent":
             self.gate.wait(timeout=60)
         if self.mode in ("down", "silent"):
@@ -315,3 +317,18 @@ def _raw(message: dict[str, Any]) -> list[Any]:
     from kcl_app.core.records import RawRecord
 
     return [RawRecord(base64.b64decode(r["data"]), r["sequenceNumber"], shard_id="s") for r in message["records"]]
+
+
+def test_a_probe_of_a_target_still_down_costs_only_the_probe_budget(clock, tmp_path) -> None:
+    stack = Stack(clock, tmp_path)
+    b = stack.targets["b"]
+    b.mode = "down"
+
+    def probe_due() -> None:
+        clock.advance(2.0)
+
+    daemon = stack.run([stack.batch(), probe_due, stack.batch(), {"action": "shardEnded"}])
+    assert b.calls == 2  # the budgeted call, then the probe (its batch is not waited for: b is open)
+    assert b.budgets == [30.0, stack.settings.probe_budget]
+    assert stack.lanes is not None and stack.lanes.health["b"].state == "open"
+    assert daemon.checkpoints() == ["00003", None]
