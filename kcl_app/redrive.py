@@ -327,15 +327,18 @@ def _classify(raw: RawRecord, seen: Callable[[Item, str], Version | None] | None
 class _Observed:
     """The sink as redrive sees it, noting the oldest `parked_at` it reads (for the metrics)."""
 
-    def __init__(self, sink: DeadLetterSink) -> None:
+    def __init__(self, sink: DeadLetterSink, limit: int | None = None) -> None:
         self.sink = sink
+        self.limit = limit
         self.oldest: float | None = None
 
     def park(self, entries: Sequence[DeadLetter]) -> None:
         self.sink.park(entries)
 
     def read(self, store: str) -> Iterator[tuple[str, DeadLetter]]:
-        for handle, entry in self.sink.read(store):
+        for n, (handle, entry) in enumerate(self.sink.read(store)):
+            if self.limit is not None and n >= self.limit:
+                return
             self.oldest = entry.parked_at if self.oldest is None else min(self.oldest, entry.parked_at)
             yield handle, entry
 
@@ -377,10 +380,11 @@ class HostLock:
 
 def auto_redrive(pipeline: Pipeline, sink: DeadLetterSink, target: str, *, clock: Clock, rate: float,
                  lock_dir: str, reread: Reread | None = None, metrics: Metrics | None = None,
-                 lock_name: str | None = None) -> RedriveReport | None:
+                 lock_name: str | None = None, limit: int | None = None) -> RedriveReport | None:
     """Re-apply `target`'s parked entries at most `rate` entries per second (the self-healing entry
     point; see the notes above for who drains what). None when another process here holds the turn.
-    `lock_name` names the store (e.g. the config file and target) for the per-machine turn."""
+    `lock_name` names the store (e.g. the config file and target) for the per-machine turn;
+    `limit` stops after that many entries (a probe of a target that may still be down)."""
     lock = HostLock(lock_dir, lock_name or f"{type(sink).__name__}:{target}")
     if not lock.acquire():
         return None
@@ -393,7 +397,7 @@ def auto_redrive(pipeline: Pipeline, sink: DeadLetterSink, target: str, *, clock
             if wait > 0:
                 clock.sleep(wait)
 
-        observed = _Observed(sink)
+        observed = _Observed(sink, limit)
         report = redrive(pipeline, observed, target, batch_size=batch_size, reread=reread, progress=pace)
     finally:
         lock.release()

@@ -31,6 +31,9 @@ Contract (what the record processor relies on), in numbered steps:
    did not get the turn), `heal(target)` is started on a background thread (one per target at a
    time) from `tick()` after a batch: it re-applies the target's parked entries at a bounded rate (see
    `kcl_app.redrive.auto_redrive`, which decides which process drains which entries).
+9. Background duties (a thread, once a second, no traffic needed): heals as in 8, the state
+   metrics, and the probe of an open target whose probe is due, made with up to `probe_entries` of
+   its own parked changes (replayed through the fenced path): settled -> healthy; failing -> open.
 Waits (3, 6) are real time: they synchronise threads. Budgets and probe schedules use the clock.
 """
 
@@ -76,13 +79,15 @@ class LaneSettings:
     probe_budget: float = 6.0  # the retry budget of a probe's writes (at most the target's own)
     heal_interval: float = 30.0  # between rounds that found nothing to re-apply
     heal_retry: float = 3.0  # after a round that found entries, or did not get the turn
+    probe_entries: int = 10  # parked changes replayed to probe an open target when no batch does
+    background_interval: float = 1.0  # real seconds between background duties (probes, heals, metrics)
     metrics_interval: float = 10.0
 
 
 class Lanes:
     def __init__(self, pipeline: Pipeline, clock: Clock, metrics: Metrics, settings: LaneSettings | None = None,
                  *, paused: Callable[[], Collection[str]] = lambda: (),
-                 heal: Callable[[str], object] | None = None,
+                 heal: Callable[..., object] | None = None,
                  rate_caps: Mapping[str, float | None] | None = None) -> None:
         self.pipeline = pipeline
         self.clock = clock
@@ -102,6 +107,17 @@ class Lanes:
         self._healing: dict[str, threading.Thread] = {}
         self._heal_due = dict.fromkeys(names, 0.0)
         self._metrics_due = 0.0
+        self._stopped = threading.Event()
+        self._timer = threading.Thread(target=self._background, name="ts-lanes", daemon=True)
+        self._timer.start()
+
+    def _background(self) -> None:
+        """Once a second, without waiting for traffic: probes, heals and the state metrics (`tick`)."""
+        while not self._stopped.wait(self.settings.background_interval):
+            try:
+                self.tick()
+            except Exception:  # the background duties never stop the shard
+                log.warning("lanes: background duties failed", exc_info=True)
 
     # -- 1-2 hand each target its writes ---------------------------------------------------------
     def submit(self, records: Sequence[RawRecord]) -> LaneBatch:
@@ -247,11 +263,13 @@ class Lanes:
         wait_for(futures)
 
     def stop(self) -> None:
+        self._stopped.set()
         for lane in self._lanes.values():
             lane.shutdown(wait=False, cancel_futures=True)
         self._parker.shutdown(wait=False, cancel_futures=True)
 
     def close(self) -> None:
+        self._stopped.set()
         for lane in self._lanes.values():
             lane.shutdown(wait=True)
         self._parker.shutdown(wait=True)
@@ -263,6 +281,8 @@ class Lanes:
         for name, health in self.health.items():
             if health.state in ("healthy", "failing") and not health.paused and now >= self._heal_due[name]:
                 self._start_heal(name)
+            elif health.state == "open" and not health.paused and now >= health.next_probe:
+                self._start_probe(name)
         if now < self._metrics_due:
             return
         self._metrics_due = now + self.settings.metrics_interval
@@ -289,7 +309,44 @@ class Lanes:
             self._healing[name] = thread
         thread.start()
 
-    def _heal_one(self, heal: Callable[[str], object], name: str) -> None:
+    def _start_probe(self, name: str) -> None:
+        """Probe an open target with a few of its own parked changes (no live traffic is needed)."""
+        if self.heal is None:
+            return
+        with self._lock:
+            running = self._healing.get(name)
+            if running is not None and running.is_alive():
+                return
+            if self.health[name].admit() != "probe":
+                return
+            thread = threading.Thread(target=self._probe_one, args=(self.heal, name), name=f"ts-probe-{name}",
+                                      daemon=True)
+            self._healing[name] = thread
+        thread.start()
+
+    def _probe_one(self, heal: Callable[..., object], name: str) -> None:
+        health = self.health[name]
+        try:
+            report = heal(name, self.settings.probe_entries)
+        except Exception:  # noqa: BLE001 - a probe that raised proved nothing
+            log.warning("target %s: probe from the parked changes failed", name, exc_info=True)
+            report = None
+        settled = getattr(report, "removed", 0) if report is not None else 0
+        failing = getattr(report, "still_failing", 0) if report is not None else 0
+        with self._lock:
+            if settled and not failing:
+                health.succeeded()
+            elif failing:
+                health.spent(f"probe: {failing} parked changes still failing")
+            else:
+                health.release()  # nothing to probe with, or another process has the turn
+            recovered = health.state == "healthy"
+        if recovered:
+            log.warning("target %s: healthy again (probed with its parked changes); re-applying the rest", name)
+            with self._lock:
+                self._heal_due[name] = 0.0
+
+    def _heal_one(self, heal: Callable[..., object], name: str) -> None:
         """One round. Another round comes soon (`heal_retry`) when this one found entries (more may
         have been parked meanwhile) or did not get the turn (another process drains); otherwise
         after `heal_interval`."""

@@ -54,6 +54,12 @@ class TargetHealth:
             return "park"  # one probe at a time
         return "send"
 
+    def release(self) -> None:
+        """A probe that proved nothing (no write to probe with): back to open, probed again soon."""
+        if self.state == "probing":
+            self.state = "open"
+            self.next_probe = self.clock() + self.probe_base
+
     def slow(self) -> bool:
         """The shard's patience for this target ran out with work still in flight. True when this
         changed the state (healthy -> failing)."""

@@ -115,7 +115,7 @@ class Daemon:
 
 class Stack:
     def __init__(self, clock: Any, tmp_path: Path, *, patience: float | None = None, max_backlog: int = 10_000,
-                 paused: set[str] | None = None) -> None:
+                 paused: set[str] | None = None, background: float = 3600.0) -> None:
         self.clock = clock
         self.targets = {n: FakeTarget(n, clock) for n in ("a", "b")}
         self.sink = DirectoryDeadLetters(tmp_path / "dl")
@@ -126,14 +126,16 @@ class Stack:
         self.sim = SourceSim("src", start_micros=int((clock.now() - 60) * 1e6))
         self.seq = 0
         self.lock_dir = str(tmp_path / "locks")
-        self.settings = LaneSettings(patience=patience, max_backlog=max_backlog, heal_interval=3600.0)
+        # the background duties (probes and heals without traffic) are off unless a test turns them on
+        self.settings = LaneSettings(patience=patience, max_backlog=max_backlog, heal_interval=3600.0,
+                                     background_interval=background)
         self.lanes: Lanes | None = None
         self.exits: list[int] = []
         self.daemon = Daemon([])
 
-    def heal(self, name: str) -> Any:
+    def heal(self, name: str, limit: int | None = None) -> Any:
         return auto_redrive(self.pipeline, self.sink, name, clock=self.clock, rate=1000.0, lock_dir=self.lock_dir,
-                     metrics=self.metrics)
+                            metrics=self.metrics, limit=limit)
 
     def make_lanes(self, pipeline: Pipeline) -> Lanes:
         self.lanes = Lanes(pipeline, self.clock, self.metrics, self.settings, paused=lambda: self.paused,
@@ -332,3 +334,32 @@ def test_a_probe_of_a_target_still_down_costs_only_the_probe_budget(clock, tmp_p
     assert b.budgets == [30.0, stack.settings.probe_budget]
     assert stack.lanes is not None and stack.lanes.health["b"].state == "open"
     assert daemon.checkpoints() == ["00003", None]
+
+
+def test_with_no_traffic_after_the_outage_the_target_is_probed_from_its_parked_changes_and_healed(
+        clock, tmp_path) -> None:
+    stack = Stack(clock, tmp_path, background=0.02)
+    a, b = stack.targets["a"], stack.targets["b"]
+    b.mode = "down"
+    done = threading.Event()
+
+    def recover_and_wait() -> None:
+        b.mode = "up"
+        clock.advance(3.0)  # the probe is due; no batch comes: the background probes with parked changes
+        assert stack.lanes is not None
+        lanes = stack.lanes
+
+        def healed() -> bool:
+            return lanes.health["b"].state == "healthy" and not stack.parked("b")
+
+        deadline = threading.Event()
+        for _ in range(500):  # up to ~10 s of real time, condition checked every 20 ms
+            if healed():
+                done.set()
+                return
+            deadline.wait(0.02)
+
+    daemon = stack.run([stack.batch(), stack.batch(), recover_and_wait, {"action": "shardEnded"}])
+    assert done.is_set(), "b was not healed without traffic"
+    assert b.items == a.items == stack.source()
+    assert daemon.checkpoints() == ["00003", "00006", None]
