@@ -172,7 +172,8 @@ def main() -> int:
                 print(f"{phase:<32}{len(values):>9}{pct(values, 50):>9.0f}{pct(values, 99):>9.0f}")
             if phases["before"] and phases["during"]:
                 print(f"during/before p99: {pct(phases['during'], 99) / pct(phases['before'], 99):.2f}x")
-            print(f"{FAILING}: as caught up as a healthy target {caught_up if caught_up is not None else 'never'} s "
+            caught = f"{caught_up:.1f}" if caught_up is not None else "never"
+            print(f"{FAILING}: as caught up as a healthy target {caught} s "
                   f"after recovery (polled every ~1 s, {polls} polls); equal to the source "
                   f"{f'{equal:.1f} s after recovery' if equal is not None else 'not within 120 s of the last write'} "
                   f"(the writes stopped {t_stop - t_up:.0f} s after recovery)")
