@@ -261,8 +261,9 @@ def target_rows(args: argparse.Namespace, now: float) -> list[dict[str, Any]]:
             parked = None
         samples = sorted(lags.get(target.name, []))
         rows.append({"target": target.name, "state": "paused" if target.name in paused else "active",
-                     "paused_reason": paused.get(target.name, {}).get("reason", ""), "lag_p50_ms": _percentile(samples, 50),
-                     "lag_p99_ms": _percentile(samples, 99), "lag_samples": len(samples), "parked": parked,
+                     "paused_reason": paused.get(target.name, {}).get("reason", ""),
+                     "lag_p50_ms": _percentile(samples, 50), "lag_p99_ms": _percentile(samples, 99),
+                     "lag_samples": len(samples), "parked": parked,
                      "parked_queue_shared": shared})
     return rows
 
