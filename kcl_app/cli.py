@@ -9,7 +9,8 @@ import sys
 
 from kcl_app import commands
 
-COMMANDS = ("local", "run", "demo", "check", "status", "backfill", "seed", "verify", "redrive", "parked")
+COMMANDS = ("local", "run", "demo", "check", "status", "backfill", "seed", "verify", "redrive", "parked",
+            "pause", "resume")
 
 DESCRIPTION = """\
 tablesync replicates DynamoDB tables one way and continuously to any number of target tables

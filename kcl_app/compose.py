@@ -14,6 +14,7 @@ import dataclasses
 import logging
 import os
 import re
+import tempfile
 import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -25,9 +26,11 @@ from botocore.config import Config as BotoConfig
 from botocore.credentials import AssumeRoleCredentialFetcher, DeferredRefreshableCredentials
 
 from kcl_app.adapters.clock import SystemClock
+from kcl_app.adapters.control import ControlTable, PausedTargets
 from kcl_app.adapters.dead_letters import DirectoryDeadLetters, RoutedDeadLetters, S3Payloads, SqsDeadLetters
 from kcl_app.adapters.export import DynamoImports, S3Exports
 from kcl_app.adapters.inline import InlineWriter, ensure_tombstones
+from kcl_app.adapters.lanes import Lanes, LaneSettings
 from kcl_app.adapters.ledger import LedgerWriter, ensure_ledger
 from kcl_app.adapters.metrics import EmfMetrics
 from kcl_app.adapters.scan import TargetSpec
@@ -38,6 +41,8 @@ from kcl_app.core.errors import ConfigError
 from kcl_app.pipeline import POISON_STORE, UNMAPPED_STORE, Pipeline
 from kcl_app.ports import Clock, DeadLetterSink, Metrics, TargetWriter
 from kcl_app.preflight import Clients as PreflightClients
+from kcl_app.redrive import RedriveReport, Reread, auto_redrive
+from kcl_app.verify import Verifier
 
 if TYPE_CHECKING:
     from types_boto3_dynamodb import DynamoDBClient
@@ -87,12 +92,21 @@ def env_session(env: Mapping[str, str], region: str | None) -> boto3.Session:
                          aws_session_token=env.get("AWS_SESSION_TOKEN"), region_name=region)
 
 
-def boto_config(max_pool: int = 32, timeout: float = 10.0) -> BotoConfig:
+def call_timeouts(budget_seconds: float) -> tuple[float, float]:
+    """(connect, read) timeouts of one call to a target, derived from its retry budget: a call to a
+    silent endpoint ends well inside the budget, so the budget is honoured within one call's timeout
+    (a write is never started after the deadline: see the ledger and inline writers)."""
+    return min(3.0, max(0.5, budget_seconds / 10)), min(10.0, max(1.0, budget_seconds / 6))
+
+
+def boto_config(max_pool: int = 32, timeout: float = 10.0, connect_timeout: float | None = None) -> BotoConfig:
     # Our writers own retries (budget, parking); botocore retrying underneath would hide time.
+    # `total_max_attempts` counts every attempt (1: no retry); botocore reads `max_attempts` as
+    # the number of RETRIES, so `max_attempts: 1` would double the time of a call that times out.
     return BotoConfig(
-        retries={"mode": "standard", "max_attempts": 1},
+        retries={"mode": "standard", "total_max_attempts": 1},
         max_pool_connections=max_pool,
-        connect_timeout=timeout,
+        connect_timeout=timeout if connect_timeout is None else connect_timeout,
         read_timeout=timeout,
         # Requests are built by our own code from validated records; botocore's client-side
         # validation costs ~30% of the client CPU per write and catches nothing here.
@@ -142,8 +156,14 @@ def dynamodb_client(target: TargetConfig, session: boto3.Session | None = None) 
         "dynamodb",
         region_name=target.region,
         endpoint_url=target.endpoint_url,
-        config=boto_config(max_pool=max(10, target.max_concurrency * 2)),
+        config=target_boto_config(target),
     )
+
+
+def target_boto_config(target: TargetConfig) -> BotoConfig:
+    """A target's client settings: no hidden retries, and timeouts derived from its retry budget."""
+    connect, read = call_timeouts(target.retry_budget_seconds)
+    return boto_config(max_pool=max(10, target.max_concurrency * 2), timeout=read, connect_timeout=connect)
 
 
 def source_dynamodb(config: Config, max_pool: int = 64) -> DynamoDBClient:
@@ -371,5 +391,61 @@ def build_engine(config: Config, *, clock: Clock | None = None, metrics: Metrics
     return Engine(config, pipeline, writers, dead_letters)
 
 
-__all__ = ["POISON_STORE", "UNMAPPED_STORE", "Engine", "base_session", "build_engine", "configure_aws",
-           "lease_clients", "preflight_clients", "session_for", "source_dynamodb", "source_kinesis", "target_specs"]
+def heal_lock_dir() -> str:
+    """Where the processes of one machine take turns to drain a store (TABLESYNC_LOCK_DIR overrides)."""
+    return os.environ.get("TABLESYNC_LOCK_DIR") or os.path.join(tempfile.gettempdir(), f"tablesync-{os.getuid()}")
+
+
+def build_lanes(config: Config, pipeline: Pipeline, dead_letters: DeadLetterSink, clock: Clock, metrics: Metrics,
+                settings: LaneSettings | None = None) -> Lanes:
+    """The record processor's per-target lanes, with self-healing through `auto_redrive`: an entry
+    too old to replay is settled from the source's current item (the verifier's fenced repair),
+    exactly as `tablesync redrive` does."""
+    rereads: dict[str, Reread] = {}
+
+    def reread_for(name: str) -> Reread:
+        if name not in rereads:
+            target = config.target(name)
+            spec = target_specs(config, [name])[0]
+            verifier = Verifier(source_dynamodb(config), target.source_table, [spec], clock)
+            max_age = config.tombstone_ttl_seconds if target.mode == "exact" else None
+            rereads[name] = Reread(lambda key: verifier.repair_key(spec, key), clock, max_age, config.precision)
+        return rereads[name]
+
+    def heal(name: str, limit: int | None = None) -> RedriveReport | None:
+        return auto_redrive(pipeline, dead_letters, name, clock=clock, rate=config.target(name).heal_rate,
+                     lock_dir=heal_lock_dir(), reread=reread_for(name), metrics=metrics,
+                     lock_name=f"{os.path.abspath(config.origin)}:{name}", limit=limit)
+
+    control = control_table(config)
+    paused = PausedTargets(control, clock).current if control is not None else (lambda: frozenset[str]())
+    return Lanes(pipeline, clock, metrics, settings or LaneSettings(patience=0.5), heal=heal, paused=paused,
+                 rate_caps={t.name: t.max_writes_per_second for t in config.targets})
+
+
+def control_table(config: Config) -> ControlTable | None:
+    """The control table of `tablesync pause` (`[control] table`, in the source's region), or None."""
+    if config.control_table is None:
+        return None
+    client = base_session().client("dynamodb", region_name=config.source_region or default_region(),
+                                   endpoint_url=config.source_endpoint_url,
+                                   config=boto_config(max_pool=4, timeout=5.0, connect_timeout=2.0))
+    return ControlTable(client, config.control_table)
+
+
+__all__ = [
+    "POISON_STORE",
+    "UNMAPPED_STORE",
+    "Engine",
+    "base_session",
+    "build_engine",
+    "build_lanes",
+    "configure_aws",
+    "control_table",
+    "lease_clients",
+    "preflight_clients",
+    "session_for",
+    "source_dynamodb",
+    "source_kinesis",
+    "target_specs",
+]

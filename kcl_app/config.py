@@ -68,6 +68,8 @@ class TargetConfig:
     transform: str | None = None
     retry_budget_seconds: float = 30.0
     max_concurrency: int = 4
+    max_writes_per_second: float | None = None  # per shard process; None: no cap
+    heal_rate: float = 100.0  # parked entries re-applied per second once the target is healthy again
     dead_letter: DeadLetterConfig = field(default_factory=DeadLetterConfig)
 
     @property
@@ -105,6 +107,7 @@ class Config:
     max_clock_skew_seconds: float = DEFAULT_MAX_SKEW_SECONDS
     earliest_change_seconds: float = DEFAULT_FLOOR_MICROS / 1_000_000
     log_values: bool = False
+    control_table: str | None = None  # `[control] table`: where `tablesync pause` records paused targets
 
     @property
     def tombstone_ttl_seconds(self) -> float:
@@ -149,7 +152,7 @@ def load_transform(spec: str) -> Transform:
 
 # ---------------------------------------------------------------------------------------------
 _TOP_KEYS = {"unmapped", "precision", "stream_retention_hours", "tombstone_margin_hours",
-             "source", "metrics", "dead_letter", "defaults", "targets", "log_values"}
+             "source", "metrics", "dead_letter", "defaults", "targets", "log_values", "control"}
 _SOURCE_KEYS = {"region", "endpoint_url", "table", "key_schema", "max_clock_skew_seconds", "earliest_change_seconds"}
 _TARGET_KEYS = {f for f in TargetConfig.__dataclass_fields__} | {"dead_letter"}
 _DLQ_KEYS = set(DeadLetterConfig.__dataclass_fields__)
@@ -207,6 +210,11 @@ def parse(doc: Mapping[str, Any], origin: str = "<config>") -> Config:
     r.check_keys(source, _SOURCE_KEYS, "source.")
     metrics = r.get(doc, "metrics", dict, "", {})
     r.check_keys(metrics, {"namespace"}, "metrics.")
+    control = r.get(doc, "control", dict, "", {})
+    r.check_keys(control, {"table"}, "control.")
+    control_table = r.get(control, "table", str, "control.", None)
+    if control_table is not None and not _TABLE_NAME.match(control_table):
+        raise r.fail("control.table", f"{control_table!r} is not a valid DynamoDB table name")
     top_dlq = r.get(doc, "dead_letter", dict, "", {})
     r.check_keys(top_dlq, _DLQ_KEYS, "dead_letter.")
     default_dlq = defaults.get("dead_letter", {})
@@ -297,6 +305,7 @@ def parse(doc: Mapping[str, Any], origin: str = "<config>") -> Config:
         max_clock_skew_seconds=skew,
         earliest_change_seconds=earliest,
         log_values=r.get(doc, "log_values", bool, "", False),
+        control_table=control_table,
     )
 
 
@@ -365,6 +374,12 @@ def _target(r: _Reader, raw: Mapping[str, Any], loc: Callable[[str], str], dlq: 
     concurrency = r.get(raw, "max_concurrency", int, loc, 4)
     if not 1 <= concurrency <= 64:
         raise r.fail(loc("max_concurrency"), "must be between 1 and 64")
+    cap = r.get(raw, "max_writes_per_second", (int, float), loc, None)
+    if cap is not None and not 0 < cap <= 1_000_000:
+        raise r.fail(loc("max_writes_per_second"), "must be in (0, 1000000] writes per second")
+    heal_rate = float(r.get(raw, "heal_rate", (int, float), loc, 100.0))
+    if not 0 < heal_rate <= 100_000:
+        raise r.fail(loc("heal_rate"), "must be in (0, 100000] entries per second")
     kind = r.get(dlq, "kind", str, dloc, "dir", ("dir", "sqs"))
     queue_url = r.get(dlq, "queue_url", str, dloc, None)
     if kind == "sqs" and not queue_url:
@@ -391,6 +406,8 @@ def _target(r: _Reader, raw: Mapping[str, Any], loc: Callable[[str], str], dlq: 
         transform=transform,
         retry_budget_seconds=budget,
         max_concurrency=concurrency,
+        max_writes_per_second=float(cap) if cap is not None else None,
+        heal_rate=heal_rate,
         dead_letter=DeadLetterConfig(
             kind=kind,
             path=r.get(dlq, "path", str, dloc, ".tablesync/dead-letters"),

@@ -10,6 +10,7 @@ past them. `process` does not raise for AWS errors, malformed records or user tr
 from __future__ import annotations
 
 import logging
+import threading
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -29,6 +30,8 @@ log = logging.getLogger("tablesync.pipeline")
 POISON_STORE = "_poison"
 UNMAPPED_STORE = "_unmapped"
 PARK_ATTEMPTS = 5
+# How the writers word a failure caused by a spent budget (not by the item): the target is down.
+BUDGET_SPENT = "retry budget spent"
 
 
 @dataclass
@@ -41,6 +44,7 @@ class TargetCounts:
     retries: int = 0
     ttl_skipped: int = 0
     lag_ms: list[float] = field(default_factory=list)
+    spent: str = ""  # a write failed because the target's budget was spent: the first such reason
 
 
 @dataclass
@@ -55,6 +59,16 @@ class BatchResult:
     @property
     def complete(self) -> bool:
         return self.checkpoint_index == self.size - 1
+
+
+@dataclass
+class Prepared:
+    """A batch after steps 1-3: its plans per target, and the record indexes not settled so far."""
+
+    records: Sequence[RawRecord]
+    result: BatchResult
+    plans: dict[str, TargetPlan]
+    unsettled: set[int]
 
 
 class Pipeline:
@@ -89,13 +103,26 @@ class Pipeline:
             self.budgets = {r.name: float(retry_budget_seconds) for r in rules}
         else:
             self.budgets = {r.name: float(retry_budget_seconds.get(r.name, 30.0)) for r in rules}
+        self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max(1, len(self.writers)), thread_name_prefix="ts-target")
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
 
     def process(self, records: Sequence[RawRecord], only: Iterable[str] | None = None) -> BatchResult:
-        """Apply a batch to every target (or to the targets named in `only`, for redrive)."""
+        """Apply a batch to every target (or to the targets named in `only`, for redrive), waiting for each."""
+        prepared = self.prepare(records, only)
+        # 4-5 apply to every target concurrently, each within its own retry budget; park what fails
+        start = self.clock.monotonic()
+        futures = {name: self._pool.submit(self.settle_target, prepared, name, start + self.budgets[name])
+                   for name in prepared.result.targets}
+        for future in futures.values():
+            future.result()  # settle_target adds what it could not settle to prepared.unsettled
+        return self.finish(prepared)
+
+
+    def prepare(self, records: Sequence[RawRecord], only: Iterable[str] | None = None) -> Prepared:
+        """Steps 1-3: decode, route, park what is poison or unmapped, plan per target."""
         rules = self.rules if only is None else [r for r in self.rules if r.name in set(only)]
         result = BatchResult(len(records), -1, {r.name: TargetCounts() for r in rules})
         unsettled: set[int] = set()
@@ -140,52 +167,59 @@ class Pipeline:
                          for i, c, why in bad]
             result.poison += len(unplanned)
             unsettled |= self._park(unplanned)
+        return Prepared(records, result, plans, unsettled)
 
-        # 4 apply to every target concurrently, each within its own retry budget
-        start = self.clock.monotonic()
-        futures = {
-            name: self._pool.submit(self._apply, name, plan, start + self.budgets[name])
-            for name, plan in plans.items()
-        }
-        now_ms = self.clock.now() * 1000.0
-        for name, future in futures.items():
-            plan = plans[name]
-            applied = future.result()
-            counts = result.targets[name]
-            counts.applied = len(applied.applied)
-            counts.stale = len(applied.stale)
-            counts.duplicate = len(applied.duplicate)
-            counts.coalesced = plan.coalesced
-            counts.retries = applied.retries
-            counts.ttl_skipped = plan.skipped_ttl
-            counts.lag_ms = [now_ms - w.change.version.micros / 1000.0 for w in applied.applied]
-
-            # 5 park what the target cannot take (rejected by the plan, or failed in the budget)
-            letters = [(r.records, self._letter(name, r.reason, r.change.raw, r.change)) for r in plan.rejected]
-            letters += [(w.records, self._letter(name, why, w.change.raw, w.change)) for w, why in applied.failed]
-            if letters:
-                reasons = Counter(letter.reason for _, letter in letters)
-                summary = "; ".join(f"{n} x {why}" for why, n in reasons.most_common(3))
-                log.warning("target %s: parking %d changes: %s", name, len(letters), summary)
-            counts.parked = len(letters)
-            flat = [(i, letter) for idx, letter in letters for i in idx]
-            unsettled |= self._park(flat, dedupe=True)
-
-        # 6 the checkpoint: the last record with everything up to it settled
-        result.unsettled = frozenset(unsettled)
-        result.checkpoint_index = safe_checkpoint(len(records), unsettled)
-
-        # 7 metrics, one EMF document per target
-        for name, counts in result.targets.items():
-            self.metrics.emit(
-                {"Target": name},
-                {"Applied": counts.applied, "StaleSkipped": counts.stale, "Duplicates": counts.duplicate,
-                 "Coalesced": counts.coalesced, "Parked": counts.parked, "Retries": counts.retries},
-                {"LagMs": counts.lag_ms},
-            )
+    def finish(self, prepared: Prepared) -> BatchResult:
+        """6 the checkpoint: the last record with everything up to it settled; 7 the stream's metrics."""
+        result = prepared.result
+        result.unsettled = frozenset(prepared.unsettled)
+        result.checkpoint_index = safe_checkpoint(len(prepared.records), prepared.unsettled)
         if result.poison or result.unmapped:
             self.metrics.emit({"Target": "_stream"}, {"Poison": result.poison, "Unmapped": result.unmapped})
         return result
+
+    def settle_target(self, prepared: Prepared, name: str, deadline: float, park_reason: str | None = None
+                      ) -> set[int]:
+        """Steps 4-5 for one target: apply its plan within `deadline` (or, with `park_reason`, send
+        nothing and park every write with that reason), park what fails, emit the target's metrics.
+        Returns the record indexes left unsettled (parking failed). Safe to call from any thread."""
+        plan = prepared.plans.get(name, TargetPlan())
+        if park_reason is None:
+            applied = self._apply(name, plan, deadline)
+        else:
+            applied = ApplyResult(failed=[(w, park_reason) for w in plan.writes])
+        now_ms = self.clock.now() * 1000.0
+        counts = prepared.result.targets[name]
+        counts.applied = len(applied.applied)
+        counts.stale = len(applied.stale)
+        counts.duplicate = len(applied.duplicate)
+        counts.coalesced = plan.coalesced
+        counts.retries = applied.retries
+        counts.ttl_skipped = plan.skipped_ttl
+        counts.lag_ms = [now_ms - w.change.version.micros / 1000.0 for w in applied.applied]
+        counts.spent = next((why for _, why in applied.failed if why.startswith(BUDGET_SPENT)), "")
+
+        # 5 park what the target cannot take (rejected by the plan, or failed in the budget)
+        letters = [(r.records, self._letter(name, r.reason, r.change.raw, r.change)) for r in plan.rejected]
+        letters += [(w.records, self._letter(name, why, w.change.raw, w.change)) for w, why in applied.failed]
+        if letters and park_reason is None:
+            reasons = Counter(letter.reason for _, letter in letters)
+            summary = "; ".join(f"{n} x {why}" for why, n in reasons.most_common(3))
+            log.warning("target %s: parking %d changes: %s", name, len(letters), summary)
+        counts.parked = len(letters)
+        flat = [(i, letter) for idx, letter in letters for i in idx]
+        unsettled = self._park(flat, dedupe=True)
+        with self._lock:
+            prepared.unsettled |= unsettled
+
+        # 7 metrics, one EMF document per target
+        self.metrics.emit(
+            {"Target": name},
+            {"Applied": counts.applied, "StaleSkipped": counts.stale, "Duplicates": counts.duplicate,
+             "Coalesced": counts.coalesced, "Parked": counts.parked, "Retries": counts.retries},
+            {"LagMs": counts.lag_ms},
+        )
+        return unsettled
 
     def park_all(self, records: Sequence[RawRecord], reason: str) -> BatchResult:
         """Park a whole batch as poison with one reason (the processor's answer to an engine defect

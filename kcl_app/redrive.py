@@ -24,7 +24,9 @@ park again as undecodable) from a consistent read of the target's fence.
 
 from __future__ import annotations
 
+import fcntl
 import logging
+import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
@@ -33,7 +35,7 @@ from kcl_app.core.errors import PoisonRecord
 from kcl_app.core.records import RawRecord, decode
 from kcl_app.core.versions import Precision, Version
 from kcl_app.pipeline import BatchResult, Pipeline
-from kcl_app.ports import Clock, DeadLetter, DeadLetterSink
+from kcl_app.ports import Clock, DeadLetter, DeadLetterSink, Metrics
 
 log = logging.getLogger("tablesync.redrive")
 
@@ -298,3 +300,118 @@ def _classify(raw: RawRecord, seen: Callable[[Item, str], Version | None] | None
     if held is None or change.version > held:
         return "apply", "newer than what the target holds" if held else "the target has never seen this key"
     return "stale", "the target holds this version or a newer one"
+
+
+# -- self-healing ---------------------------------------------------------------------------------
+#
+# Which process drains which entries, and why nothing is lost or harmfully applied twice:
+#
+# 1. Every shard process whose lane of a target is healthy runs `auto_redrive` for that target when
+#    the target comes back after being open, and every heal interval while it stays healthy. It
+#    drains the target's WHOLE store (entries of every shard, of earlier processes, of a worker that
+#    is gone), because an entry's shard may no longer be leased by anyone (a closed parent shard).
+# 2. Processes of one machine take turns: a non-blocking lock on a per-store file under `lock_dir`
+#    lets one of them drain; the others skip that round. Across machines, the store's claim
+#    semantics split the work: an SQS message received by one reader is invisible to the others
+#    for its visibility timeout; a directory store belongs to one machine.
+# 3. An entry is removed only once it is settled (applied, stale, duplicate, or parked again with
+#    a fresh reason), exactly as a manual `tablesync redrive` does, which may run at the same time.
+#    If two readers ever replay the same entry (a visibility timeout that ran out, a manual redrive
+#    beside an automatic one), the fence makes the second a `duplicate`/`stale` no-op, and removing
+#    an entry twice is harmless; an entry too old to replay is settled from the source's current
+#    item (Reread), which is fenced too. So a duplicate can only cost a write, never a wrong item.
+# 4. The pace is bounded (`rate` entries per second, the clock's sleep between batches), so that the
+#    recovering target's live changes keep their lag.
+
+
+class _Observed:
+    """The sink as redrive sees it, noting the oldest `parked_at` it reads (for the metrics)."""
+
+    def __init__(self, sink: DeadLetterSink, limit: int | None = None) -> None:
+        self.sink = sink
+        self.limit = limit
+        self.oldest: float | None = None
+
+    def park(self, entries: Sequence[DeadLetter]) -> None:
+        self.sink.park(entries)
+
+    def read(self, store: str) -> Iterator[tuple[str, DeadLetter]]:
+        for n, (handle, entry) in enumerate(self.sink.read(store)):
+            if self.limit is not None and n >= self.limit:
+                return
+            self.oldest = entry.parked_at if self.oldest is None else min(self.oldest, entry.parked_at)
+            yield handle, entry
+
+    def remove(self, store: str, handles: Sequence[str]) -> None:
+        self.sink.remove(store, handles)
+
+    def unreadable(self, store: str) -> list[tuple[str, str]]:
+        skipped = getattr(self.sink, "unreadable", None)
+        return list(skipped(store)) if callable(skipped) else []
+
+
+class HostLock:
+    """A non-blocking exclusive lock on `<lock_dir>/<name>.lock` (flock): one holder per machine."""
+
+    def __init__(self, lock_dir: str, name: str) -> None:
+        import hashlib
+
+        os.makedirs(lock_dir, mode=0o700, exist_ok=True)
+        digest = hashlib.sha256(name.encode("utf-8", "backslashreplace")).hexdigest()[:24]
+        self.path = os.path.join(lock_dir, f"heal-{digest}.lock")
+        self._fd: int | None = None
+
+    def acquire(self) -> bool:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            return False
+        self._fd = fd
+        return True
+
+    def release(self) -> None:
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+
+def auto_redrive(pipeline: Pipeline, sink: DeadLetterSink, target: str, *, clock: Clock, rate: float,
+                 lock_dir: str, reread: Reread | None = None, metrics: Metrics | None = None,
+                 lock_name: str | None = None, limit: int | None = None) -> RedriveReport | None:
+    """Re-apply `target`'s parked entries at most `rate` entries per second (the self-healing entry
+    point; see the notes above for who drains what). None when another process here holds the turn.
+    `lock_name` names the store (e.g. the config file and target) for the per-machine turn;
+    `limit` stops after that many entries (a probe of a target that may still be down)."""
+    lock = HostLock(lock_dir, lock_name or f"{type(sink).__name__}:{target}")
+    if not lock.acquire():
+        return None
+    try:
+        started = clock.monotonic()
+        batch_size = max(1, min(100, int(rate)))
+
+        def pace(report: RedriveReport) -> None:
+            wait = started + report.read / rate - clock.monotonic()
+            if wait > 0:
+                clock.sleep(wait)
+
+        observed = _Observed(sink, limit)
+        report = redrive(pipeline, observed, target, batch_size=batch_size, reread=reread, progress=pace)
+    finally:
+        lock.release()
+    if metrics is not None:
+        depth = getattr(sink, "depth", None)
+        counters: dict[str, float] = {"AutoRedriven": float(report.removed)}
+        try:
+            if callable(depth):
+                counters["ParkedBacklog"] = float(depth(target))
+        except Exception:  # noqa: BLE001 - a figure, never a reason to fail the heal
+            log.debug("redrive %s: depth unknown", target, exc_info=True)
+        if observed.oldest is not None:  # the oldest entry this round found, settled or not
+            counters["OldestParkedAgeSeconds"] = max(0.0, clock.now() - observed.oldest)
+        metrics.emit({"Target": target}, counters)
+    if report.read:
+        log.info("target %s: re-applied parked changes automatically: %s", target, report)
+    return report

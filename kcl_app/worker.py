@@ -16,9 +16,10 @@ from amazon_kclpy import kcl
 from kcl_app import config as config_mod
 from kcl_app import logs
 from kcl_app.adapters.clock import SystemClock
+from kcl_app.adapters.lanes import Lanes
 from kcl_app.adapters.metrics import EmfMetrics
 from kcl_app.adapters.processor import ReplicationProcessor
-from kcl_app.compose import build_engine
+from kcl_app.compose import Engine, build_engine, build_lanes
 from kcl_app.core.errors import ConfigError
 from kcl_app.pipeline import Pipeline
 
@@ -52,13 +53,19 @@ def main(argv: list[str] | None = None) -> int:
             log.error("cannot open TABLESYNC_METRICS_FILE %s (%s): metrics go to stderr", metrics_path, exc)
     metrics = EmfMetrics(stream=stream, namespace=cfg.metrics_namespace)
 
+    engines: list[Engine] = []
+
     def factory() -> Pipeline:  # built on initialize, so a worker that never gets a lease touches nothing
-        return build_engine(cfg, clock=clock, metrics=metrics).pipeline
+        engines.append(build_engine(cfg, clock=clock, metrics=metrics))
+        return engines[-1].pipeline
+
+    def lanes(pipeline: Pipeline) -> Lanes:
+        return build_lanes(cfg, pipeline, engines[-1].dead_letters, clock, metrics)
 
     # kclpy writes its own errors (an exception from a processor method, with its traceback) as
     # free text to error_file: route them through logging so the daemon's log stays JSON.
     errors = logs.LogLineWriter(logging.getLogger("amazon_kclpy"))
-    kcl.KCLProcess(ReplicationProcessor(factory, clock, metrics), error_file=errors).run()
+    kcl.KCLProcess(ReplicationProcessor(factory, clock, metrics, lanes=lanes), error_file=errors).run()
     return 0
 
 

@@ -196,7 +196,7 @@ class LedgerWriter:
                 return result
             except Exception as exc:  # noqa: BLE001 - every exception is classified; a local one is invalid
                 info = describe(exc)
-                reasons = getattr(exc, "response", {}).get("CancellationReasons") or []
+                reasons = (getattr(exc, "response", None) or {}).get("CancellationReasons") or []
                 if info.code == "TransactionCanceledException" and len(reasons) == 2 * len(pending):
                     pending, pause = self._sort(pending, reasons, guard, result)  # 3
                     last: ErrorInfo = ErrorInfo(info.code, info.status, str([r.get("Code") for r in reasons]))

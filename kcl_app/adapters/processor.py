@@ -3,18 +3,22 @@
 Contract with the daemon, and how each failure is owned here (kclpy catches exceptions raised
 by a processor, logs them and still reports success, so nothing may be left to raise):
 
-1. `process_records`: decode, apply to every target or park, then checkpoint at the highest
-   record that is settled everywhere. A record that cannot be decoded, checked or shaped is parked
-   with its reason; if the engine itself fails on a batch, the whole batch is parked as poison.
-   Only a batch that cannot be parked (a dead-letter store is down) makes the process exit with an
-   error before anything later can be checkpointed; the daemon then stops, its supervisor restarts
-   it, and the records after the last checkpoint are delivered again (writes are idempotent).
-2. `shard_ended`: everything delivered is already settled; checkpoint SHARD_END (required, or
-   the child shards stay blocked).
-3. `lease_lost`: stop; never checkpoint (another worker owns the shard now).
-4. `shutdown_requested` (SIGTERM, or a lease handed to another worker): nothing is in flight
-   between calls; checkpoint the last settled record, or the current position if none, so
-   that the hand-off does not wait for its timeout.
+1. `process_records`: decode and plan, hand each target its writes through its lane
+   (`kcl_app.adapters.lanes`), wait only for the HEALTHY targets (a bounded patience), then
+   checkpoint at the highest record that is settled (applied or durably parked) in EVERY target,
+   which may be a record of an earlier batch while a slow target's lane is still working.
+   A record that cannot be decoded, checked or shaped is parked with its reason; if the engine
+   itself fails on a batch, the whole batch is parked as poison. Only a record that cannot be
+   parked (a dead-letter store is down) makes the process exit with an error before anything
+   later can be checkpointed; the daemon then stops, its supervisor restarts it, and the records
+   after the last checkpoint are delivered again (writes are fenced, so re-applying is harmless).
+2. `shard_ended`: drain every lane (each job is bounded by its budget, then parks), then
+   checkpoint SHARD_END (required, or the child shards stay blocked); if anything could not be
+   parked, exit without it.
+3. `lease_lost`: stop the lanes; never checkpoint (another worker owns the shard now).
+4. `shutdown_requested` (SIGTERM, or a lease handed to another worker): checkpoint the last
+   record settled everywhere, or the current position if none, so that the hand-off does not
+   wait for its timeout; what a slow lane still holds is delivered again to the next owner.
 Checkpoint errors: Throttling / KinesisClientLibDependency are retried with backoff; Shutdown
 means the lease is gone; InvalidState / IllegalArgument are bugs and are logged as such.
 """
@@ -31,10 +35,11 @@ from amazon_kclpy.checkpoint_error import CheckpointError
 from amazon_kclpy.v3.processor import RecordProcessorBase
 
 from kcl_app import logs
+from kcl_app.adapters.lanes import Lanes
 from kcl_app.adapters.retry import Backoff
 from kcl_app.core.errors import ReplicationError
 from kcl_app.core.records import RawRecord
-from kcl_app.pipeline import Pipeline
+from kcl_app.pipeline import BatchResult, Pipeline
 from kcl_app.ports import Clock, Metrics
 
 log = logging.getLogger("tablesync.processor")
@@ -62,8 +67,11 @@ class CheckpointFailure(enum.Enum):
 class ReplicationProcessor(RecordProcessorBase):
     def __init__(self, pipeline_factory: Callable[[], Pipeline], clock: Clock, metrics: Metrics,
                  backoff: Backoff | None = None, checkpoint_attempts: int = 6,
-                 exit: Callable[[int], Any] = sys.exit) -> None:
+                 exit: Callable[[int], Any] = sys.exit,
+                 lanes: Callable[[Pipeline], Lanes] | None = None) -> None:
         self._factory = pipeline_factory
+        self._lanes_factory = lanes or (lambda p: Lanes(p, self.clock, self.metrics))
+        self.lanes: Lanes | None = None
         self.clock = clock
         self.metrics = metrics
         self.backoff = backoff or Backoff(base=0.2, cap=5.0)
@@ -81,6 +89,7 @@ class ReplicationProcessor(RecordProcessorBase):
         log.info("initialize at %s", initialize_input.sequence_number)
         try:
             self.pipeline = self._factory()
+            self.lanes = self._lanes_factory(self.pipeline)
         except Exception as exc:  # e.g. a key schema that cannot be learned: say so and stop clearly
             log.critical("cannot start the engine: %s", exc, exc_info=not isinstance(exc, ReplicationError))
             self._exit(EXIT_CANNOT_START)
@@ -91,47 +100,77 @@ class ReplicationProcessor(RecordProcessorBase):
             return
         try:
             records = [self._raw(r) for r in process_records_input.records]
-            assert self.pipeline is not None, "initialize was not called"
+            assert self.pipeline is not None and self.lanes is not None, "initialize was not called"
         except Exception:
             log.critical("cannot read the batch; exiting so that nothing past it is checkpointed",
                          exc_info=True)
             self._exit(EXIT_ENGINE_BUG)
             return
+        parked: BatchResult | None = None
         try:
-            result = self.pipeline.process(records)
+            batch = self.lanes.submit(records)
         except Exception as exc:  # an engine defect on this batch: park it whole rather than stall the shard
             log.critical("engine failed on a batch of %d records; parking them as poison", len(records),
                          exc_info=True)
-            result = self.pipeline.park_all(records, f"engine failed on the batch ({type(exc).__name__})")
+            parked = self.pipeline.park_all(records, f"engine failed on the batch ({type(exc).__name__})")
+        else:
+            self.lanes.wait(batch)
         try:
             behind = process_records_input.millis_behind_latest
             self.metrics.emit({"Shard": self.shard_id}, {"Records": len(records)},
                               {"MillisBehindLatest": [float(behind)] if behind is not None else []})
+            self.lanes.tick()
         except Exception:  # metrics never stop a shard
             log.warning("shard metrics not emitted", exc_info=True)
-        if result.checkpoint_index >= 0:
-            last = records[result.checkpoint_index]
-            self.last_settled = (last.sequence_number, last.sub_sequence_number)
-            self._checkpoint(process_records_input.checkpointer, *self.last_settled)
-        if not result.complete:
-            log.critical("batch not settled after record %d of %d (dead-letter store failing); exiting "
-                         "so that the records are delivered again after restart",
-                         result.checkpoint_index, result.size)
-            self._exit(EXIT_UNSETTLED)
+        if parked is not None and self.lanes.in_flight == 0:
+            # the lanes hold nothing earlier: this batch's own settled prefix may be checkpointed
+            if parked.checkpoint_index >= 0:
+                self._checkpoint_at(process_records_input.checkpointer, records[parked.checkpoint_index])
+            if not parked.complete:
+                self._unsettled(parked.checkpoint_index, parked.size)
+            return
+        last, stuck = self.lanes.checkpointable()
+        if last is not None:
+            self._checkpoint_at(process_records_input.checkpointer, last)
+        if stuck or (parked is not None and not parked.complete):
+            self._unsettled(-1, len(records))
+
+    def _checkpoint_at(self, checkpointer: Any, record: RawRecord) -> None:
+        self.last_settled = (record.sequence_number, record.sub_sequence_number)
+        self._checkpoint(checkpointer, *self.last_settled)
+
+    def _unsettled(self, index: int, size: int) -> None:
+        log.critical("batch not settled after record %d of %d (dead-letter store failing); exiting "
+                     "so that the records are delivered again after restart", index, size)
+        self._exit(EXIT_UNSETTLED)
 
     def lease_lost(self, lease_lost_input: Any) -> None:
         self.lease_held = False
         # Routine: leases move between workers (rebalancing, a worker stopping); the new owner
         # resumes from the last checkpoint.
         log.info("lease lost: stopping without checkpoint")
+        if self.lanes is not None:
+            self.lanes.stop()
 
     def shard_ended(self, shard_ended_input: Any) -> None:
+        if self.lanes is not None:
+            self.lanes.drain()
+            _, stuck = self.lanes.checkpointable()
+            if stuck or self.lanes.in_flight:
+                log.critical("shard ended with changes neither applied nor parked; exiting without SHARD_END "
+                             "so that they are delivered again")
+                self._exit(EXIT_UNSETTLED)
+                return
         log.info("shard ended: checkpointing SHARD_END")
         self._checkpoint(shard_ended_input.checkpointer, None, None)
 
     def shutdown_requested(self, shutdown_requested_input: Any) -> None:
         if not self.lease_held:
             return
+        if self.lanes is not None:
+            last, _ = self.lanes.checkpointable()
+            if last is not None:
+                self.last_settled = (last.sequence_number, last.sub_sequence_number)
         # Always answer with a checkpoint: KCL 3.x hands a lease to another worker once the
         # current processor checkpoints, or only after gracefulLeaseHandoffTimeoutMillis (30 s)
         # if it does not. Without a settled record yet, the checkpoint without a sequence number

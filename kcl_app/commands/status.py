@@ -38,8 +38,8 @@ from botocore.exceptions import NoRegionError
 from kcl_app import continuous
 from kcl_app.adapters import leases as leases_adapter
 from kcl_app.commands import described
-from kcl_app.compose import lease_clients, make_dead_letters
-from kcl_app.config import load
+from kcl_app.compose import control_table, lease_clients, make_dead_letters
+from kcl_app.config import Config, load
 
 if TYPE_CHECKING:
     from types_boto3_dynamodb import DynamoDBClient
@@ -245,6 +245,7 @@ def target_rows(args: argparse.Namespace, now: float) -> list[dict[str, Any]]:
     number of parked changes in its store (None when the store cannot be read)."""
     config = load(args.config)
     sink = make_dead_letters(config)
+    paused = paused_targets(config)
     lags = recent_lag(args.metrics_file, now - 60.0) if args.metrics_file else {}
     queues: dict[str, int] = {}
     for target in config.targets:
@@ -259,10 +260,25 @@ def target_rows(args: argparse.Namespace, now: float) -> list[dict[str, Any]]:
         except Exception:  # a queue that cannot be read: shown as n/a
             parked = None
         samples = sorted(lags.get(target.name, []))
-        rows.append({"target": target.name, "lag_p50_ms": _percentile(samples, 50),
-                     "lag_p99_ms": _percentile(samples, 99), "lag_samples": len(samples), "parked": parked,
+        rows.append({"target": target.name, "state": "paused" if target.name in paused else "active",
+                     "paused_reason": paused.get(target.name, {}).get("reason", ""),
+                     "lag_p50_ms": _percentile(samples, 50), "lag_p99_ms": _percentile(samples, 99),
+                     "lag_samples": len(samples), "parked": parked,
                      "parked_queue_shared": shared})
     return rows
+
+
+def paused_targets(config: Config) -> dict[str, dict[str, str]]:
+    """The targets `tablesync pause` paused (the `[control] table`; empty without one or unreadable)."""
+    control = control_table(config)
+    if control is None:
+        return {}
+    try:
+        return control.paused()
+    except Exception as exc:  # noqa: BLE001 - shown, not fatal: the rest is still worth seeing
+        print(f"tablesync status: control table {config.control_table} unreadable ({type(exc).__name__})",
+              file=sys.stderr)
+        return {}
 
 
 def recent_lag(path: str, since: float, tail_bytes: int = 8 << 20) -> dict[str, list[float]]:
@@ -329,7 +345,7 @@ def _percentile(ordered: Sequence[float], pct: float) -> float | None:
 
 def print_targets(targets: Sequence[Mapping[str, Any]]) -> None:
     print("targets (lag over the last minute):")
-    cols = ["target", "lag_p50_ms", "lag_p99_ms", "parked"]
+    cols = ["target", "state", "lag_p50_ms", "lag_p99_ms", "parked"]
     rows = [[_na(row.get(c)) for c in cols] for row in targets]
     for row, shown in zip(targets, rows, strict=True):
         if row.get("parked_queue_shared") and row.get("parked") is not None:

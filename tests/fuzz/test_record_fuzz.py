@@ -227,9 +227,9 @@ class ObservedPipeline(Pipeline):
         super().__init__(*args, **kwargs)
         self.harness = harness
 
-    def process(self, records: Sequence[RawRecord], only: Any = None) -> Any:
-        self.harness.batch = records
-        return super().process(records, only)
+    def prepare(self, records: Sequence[RawRecord], only: Any = None) -> Any:
+        self.harness.batch = records  # the processor enters the engine here (its lanes do the rest)
+        return super().prepare(records, only)
 
 
 def observed_plan(harness: Harness) -> Any:

@@ -64,6 +64,16 @@ def test_lag_alarms_breach_on_missing_lag_while_the_stream_has_traffic() -> None
         assert alarm["TreatMissingData"] == "notBreaching"  # no traffic and no lag: an idle stream
 
 
+def test_one_open_target_alarm_per_target() -> None:
+    alarms = _alarms(TargetOpenThresholdSeconds="900")
+    opened = {name: a for name, a in alarms.items() if name.startswith("TargetOpenAlarm")}
+    assert set(opened) == {"TargetOpenAlarmprodeu", "TargetOpenAlarmstagingus"}
+    alarm = opened["TargetOpenAlarmprodeu"]
+    assert (alarm["Namespace"], alarm["MetricName"], alarm["Statistic"]) == ("tablesync", "OpenSeconds", "Maximum")
+    assert alarm["Dimensions"] == [{"Name": "Target", "Value": "prod-eu"}]
+    assert float(alarm["Threshold"]) == 900 and alarm["ComparisonOperator"] == "GreaterThanThreshold"
+
+
 @pytest.mark.parametrize(
     ("mode", "metric"),
     [("POLLING", "GetRecords.IteratorAgeMilliseconds"), ("FANOUT", "SubscribeToShardEvent.MillisBehindLatest")],

@@ -110,7 +110,7 @@ def test_an_engine_defect_on_a_batch_parks_it_whole_and_the_shard_moves_on(engin
     def broken(records: Any, only: Any = None) -> Any:
         raise RuntimeError("defect")
 
-    monkeypatch.setattr(eng.pipeline, "process", broken)
+    monkeypatch.setattr(eng.pipeline, "prepare", broken)  # the processor's entry into the engine
     sim = SourceSim("source", start_micros=ARRIVAL_MS * 1000 - 10_000_000)
     sim.put({"pk": {"S": "a"}})
     sim.put({"pk": {"S": "b"}})

@@ -51,7 +51,8 @@ REQUIRED = {"run": ["--properties", "p", "--config", "c"], "status": ["--app", "
             "backfill": ["--config", "c", "--source-table", "t"], "verify": ["--config", "c"],
             "redrive": ["--config", "c", "--target", "x"], "demo": [], "local": ["info"],
             "parked": ["list", "--config", "c"],
-            "seed": ["--config", "c", "--target", "x", "--bucket", "b"]}
+            "seed": ["--config", "c", "--target", "x", "--bucket", "b"],
+            "pause": ["--config", "c", "--target", "x"], "resume": ["--config", "c", "--target", "x"]}
 
 
 @pytest.mark.parametrize("command", COMMANDS)
