@@ -10,13 +10,18 @@ Each check yields one `Finding` (OK, WARN or FAIL, what was found, what to do):
 3. destination every source table has an ACTIVE Kinesis streaming destination (into the checked
                stream, when one is named), at MICROSECOND precision (MILLISECOND: a warning), and
                agreeing with an explicit `precision` in the config;
-4. stream      the stream exists and is ACTIVE (a mistyped --stream fails here);
+4. stream      the stream exists and is ACTIVE (a mistyped --stream fails here), and retains changes
+               no longer than `stream_retention_hours` says: the tombstones of both modes expire
+               after it (+ `tombstone_margin_hours`), so a replay from TRIM_HORIZON of a stream that
+               retains longer could bring back changes older than an expired delete;
 5. target      each target table exists, is ACTIVE, has the source's key schema;
 6. writable    each target accepts the writes its mode makes, with its credentials or role
                (`_probe`: conditional writes that cannot succeed, so nothing is ever written);
 7. ledger      (exact mode) the ledger exists or can be created, and is not older than its target
                while holding rows: a target re-created after its ledger would have every key the
-               ledger remembers skipped by the stream and the backfill as already seen.
+               ledger remembers skipped by the stream and the backfill as already seen;
+8. tombstones  (inline mode) the tombstone table exists with the ledger's key (or can be created),
+               and is part of the write probe (the create path's ConditionCheck, the delete path's Put).
 
 A check the worker itself does not need permission for (the source table, its destination, the
 ledger's rows: the least-privilege worker role of infra/ has none of them) is a WARN when access is
@@ -33,6 +38,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal
 
+from kcl_app.adapters.inline import TOMBSTONE_KEY
 from kcl_app.adapters.ledger import LedgerState, ledger_probe, ledger_state
 from kcl_app.adapters.retry import describe
 from kcl_app.config import Config, TargetConfig
@@ -45,6 +51,7 @@ if TYPE_CHECKING:
 Status = Literal["OK", "WARN", "FAIL"]
 RECREATED_TARGET = "recreated-target"  # Finding.code: the target is younger than its non-empty ledger
 EXIT = {"OK": 0, "WARN": 1, "FAIL": 2}
+_TOMBSTONE_SCHEMA: tuple[tuple[str, str, str], ...] = ((TOMBSTONE_KEY, "HASH", "S"),)
 _DENIED = ("AccessDenied", "AccessDeniedException", "UnrecognizedClientException", "InvalidClientTokenId",
            "ExpiredTokenException", "NoCredentialsError", "PartialCredentialsError", "SignatureDoesNotMatch")
 
@@ -140,7 +147,7 @@ def _fmt_time(when: datetime | None) -> str:
 def run_checks(config: Config, clients: Clients, *, stream: str | None = None,
                targets: Sequence[TargetConfig] | None = None, scope: Scope | None = None,
                report: Report | None = None) -> Report:
-    """Checks 2-7 of the module docstring for `targets` (default: all); check 1 is the caller's
+    """Checks 2-8 of the module docstring for `targets` (default: all); check 1 is the caller's
     (`config_finding`). Never raises for what AWS answers: every answer becomes a finding."""
     scope = scope or Scope()
     report = report or Report()
@@ -153,7 +160,7 @@ def run_checks(config: Config, clients: Clients, *, stream: str | None = None,
         if stream:
             streams = {stream}
         for name in sorted(streams):
-            _check_stream(clients.kinesis, name, report)
+            _check_stream(clients.kinesis, name, config, report)
     for target in chosen:
         client = clients.targets[target.name]
         described = _check_target(client, target, schemas.get(target.source_table), report)
@@ -162,8 +169,9 @@ def run_checks(config: Config, clients: Clients, *, stream: str | None = None,
         state: LedgerState | None = None
         if target.mode == "exact" and scope.ledger:
             state = _check_ledger(client, target, described, report)
+        tombstones = target.mode == "inline" and scope.ledger and _check_tombstones(client, target, report)
         if scope.write_probe:
-            _check_writable(client, target, key_schema(described), state, report)
+            _check_writable(client, target, key_schema(described), state, report, tombstones)
     return report
 
 
@@ -256,7 +264,7 @@ def _check_destination(client: DynamoDBClient, table: str, stream: str | None, c
     return name
 
 
-def _check_stream(client: KinesisClient | None, name: str, report: Report) -> None:
+def _check_stream(client: KinesisClient | None, name: str, config: Config, report: Report) -> None:
     check = f"stream {name}"
     if client is None:
         return
@@ -274,10 +282,19 @@ def _check_stream(client: KinesisClient | None, name: str, report: Report) -> No
         return
     status = summary.get("StreamStatus", "?")
     shards = summary.get("OpenShardCount", "?")
-    if status == "ACTIVE" or status == "UPDATING":
-        report.add(check, "OK", f"{status}, {shards} open shard(s), retention {summary.get('RetentionPeriodHours')} h")
-    else:
+    retention = summary.get("RetentionPeriodHours")
+    configured = config.stream_retention_hours
+    if status not in ("ACTIVE", "UPDATING"):
         report.add(check, "FAIL", f"stream is {status}", "wait until it is ACTIVE (or re-create it)")
+    elif isinstance(retention, int) and retention > configured:
+        report.add(check, "FAIL", f"{status}, but it retains changes {retention} h while the config says "
+                   f"stream_retention_hours = {configured:g}: tombstones expire after {configured:g} h + "
+                   f"tombstone_margin_hours ({config.tombstone_margin_hours:g} h), so a replay from TRIM_HORIZON "
+                   "could re-create items deleted since", f"set stream_retention_hours = {retention} in the "
+                   "config (TABLESYNC_STREAM_RETENTION_HOURS without a file)")
+    else:
+        report.add(check, "OK", f"{status}, {shards} open shard(s), retention {retention} h "
+                   f"(stream_retention_hours = {configured:g})")
 
 
 def _check_target(client: DynamoDBClient, target: TargetConfig, source: KeySchema | None,
@@ -350,11 +367,45 @@ def _check_ledger(client: DynamoDBClient, target: TargetConfig, table: Mapping[s
     return state
 
 
+def _check_tombstones(client: DynamoDBClient, target: TargetConfig, report: Report) -> bool:
+    """Check 8: True when the tombstone table exists with the ledger's key (then the probe writes to it)."""
+    check = f"tombstones {target.name}"
+    table = target.tombstones
+    try:
+        described = client.describe_table(TableName=table)["Table"]
+    except Exception as exc:  # noqa: BLE001 - every answer is a finding
+        info = describe(exc)
+        if info.code != "ResourceNotFoundException":
+            report.add(check, "FAIL", f"cannot describe tombstone table {table!r}: {info}",
+                       _access_fix(info.code, target))
+        elif target.create_ledger:
+            report.add(check, "OK", f"{table!r} does not exist yet: created on first use "
+                       "(needs dynamodb:CreateTable and UpdateTimeToLive)")
+        else:
+            report.add(check, "FAIL", f"tombstone table {table!r} does not exist and create_ledger = false: "
+                       "every delete would fail", "create it (one string key 'k', TTL on 'exp') or set "
+                       "create_ledger = true")
+        return False
+    schema = key_schema(described)
+    status = described.get("TableStatus", "?")
+    if schema != _TOMBSTONE_SCHEMA:
+        report.add(check, "FAIL", f"{table!r} has key {show_schema(schema)}, a tombstone table "
+                   f"{show_schema(_TOMBSTONE_SCHEMA)}: every delete would be refused",
+                   "point tombstone_table at a table with one string key 'k' (TTL on 'exp'), or delete it "
+                   "(create_ledger = true creates it)")
+        return False
+    if status not in ("ACTIVE", "UPDATING"):
+        report.add(check, "FAIL", f"{table!r} is {status}", "wait until it is ACTIVE")
+        return False
+    report.add(check, "OK", f"{table!r}: {status}, key {show_schema(schema)}")
+    return True
+
+
 def _check_writable(client: DynamoDBClient, target: TargetConfig, schema: KeySchema,
-                    ledger: LedgerState | None, report: Report) -> None:
+                    ledger: LedgerState | None, report: Report, tombstones: bool = False) -> None:
     check = f"writable {target.name}"
     try:
-        proved = _probe(client, target, schema, ledger)
+        proved = _probe(client, target, schema, ledger, tombstones)
     except Exception as exc:  # noqa: BLE001 - every answer is a finding
         info = describe(exc)
         who = f"role {target.role_arn}" if target.role_arn else "these credentials"
@@ -364,7 +415,8 @@ def _check_writable(client: DynamoDBClient, target: TargetConfig, schema: KeySch
     report.add(check, "OK", f"write permission proved without writing ({proved})")
 
 
-def _probe(client: DynamoDBClient, target: TargetConfig, schema: KeySchema, ledger: LedgerState | None) -> str:
+def _probe(client: DynamoDBClient, target: TargetConfig, schema: KeySchema, ledger: LedgerState | None,
+           tombstones: bool = False) -> str:
     """Prove that `target` accepts the writes its mode makes, without writing anything.
 
     DynamoDB authorises a request before it evaluates its condition, so a write whose condition can
@@ -375,8 +427,10 @@ def _probe(client: DynamoDBClient, target: TargetConfig, schema: KeySchema, ledg
 
     exact mode: one TransactWriteItems as the ledger writer sends them (Put and Delete on the target,
     Put on the ledger when it exists), answered TransactionCanceled with every reason
-    ConditionalCheckFailed; inline mode: a conditional PutItem and DeleteItem. Returns what was
-    proved; raises the error of a refused probe."""
+    ConditionalCheckFailed; inline mode: a conditional PutItem and DeleteItem, and when the tombstone
+    table exists the two transactions inline mode sends (create: ConditionCheck on the tombstone and
+    Put of the item; delete: Put of the tombstone and Delete of the item). Returns what was proved;
+    raises the error of a refused probe."""
     never_holds = "attribute_exists(#p) AND attribute_not_exists(#p)"
     never: dict[str, Any] = {"ConditionExpression": never_holds, "ExpressionAttributeNames": {"#p": schema[0][0]}}
     keys = [_probe_key(schema), _probe_key(schema)]
@@ -387,16 +441,8 @@ def _probe(client: DynamoDBClient, target: TargetConfig, schema: KeySchema, ledg
         ]
         if ledger is not None and ledger.exists:
             actions.append(ledger_probe(target.ledger))
-        try:
-            client.transact_write_items(TransactItems=actions)  # type: ignore[arg-type]
-        except Exception as exc:
-            reasons = getattr(exc, "response", {}).get("CancellationReasons") or []
-            codes = {r.get("Code") for r in reasons}
-            if describe(exc).code == "TransactionCanceledException" and codes == {"ConditionalCheckFailed"}:
-                what = "Put, Delete on the target" + (", Put on the ledger" if len(actions) == 3 else "")
-                return f"TransactWriteItems {what}"
-            raise
-        raise RuntimeError("a probe write whose condition cannot hold succeeded")  # pragma: no cover
+        _probe_transaction(client, actions)
+        return "TransactWriteItems Put, Delete on the target" + (", Put on the ledger" if len(actions) == 3 else "")
     calls: list[Callable[[], object]] = [
         lambda: client.put_item(TableName=target.table, Item=keys[0], **never),
         lambda: client.delete_item(TableName=target.table, Key=keys[1], **never),
@@ -409,7 +455,28 @@ def _probe(client: DynamoDBClient, target: TargetConfig, schema: KeySchema, ledg
                 raise
             continue
         raise RuntimeError("a probe write whose condition cannot hold succeeded")  # pragma: no cover
-    return "PutItem, DeleteItem"
+    if not tombstones:
+        return "PutItem, DeleteItem"
+    tomb = ledger_probe(target.tombstones)["Put"]  # a tombstone row has the ledger's key, and never holds
+    check = {k: v for k, v in tomb.items() if k != "Item"} | {"Key": tomb["Item"]}
+    item = {"Put": {"TableName": target.table, "Item": keys[0], **never}}
+    _probe_transaction(client, [{"ConditionCheck": check}, item])  # the create path
+    _probe_transaction(client, [{"Put": tomb}, {"Delete": {"TableName": target.table, "Key": keys[1], **never}}])
+    return ("PutItem, DeleteItem; TransactWriteItems ConditionCheck on the tombstones + Put on the target, "
+            "Put on the tombstones + Delete on the target")
+
+
+def _probe_transaction(client: DynamoDBClient, actions: list[dict[str, Any]]) -> None:
+    """Send a transaction of never-holding actions: returns when every reason is ConditionalCheckFailed."""
+    try:
+        client.transact_write_items(TransactItems=actions)  # type: ignore[arg-type]
+    except Exception as exc:
+        reasons = getattr(exc, "response", {}).get("CancellationReasons") or []
+        codes = {r.get("Code") for r in reasons}
+        if describe(exc).code == "TransactionCanceledException" and codes == {"ConditionalCheckFailed"}:
+            return
+        raise
+    raise RuntimeError("a probe write whose condition cannot hold succeeded")  # pragma: no cover
 
 
 def _probe_key(schema: KeySchema) -> dict[str, Any]:

@@ -16,7 +16,10 @@ must be on (the command says how to turn it on when it is not). Then:
 
 As with backfill, the stream consumer must read from a position at or before the export: the
 command first checks that the KCL lease table `--app` holds a lease for every open shard of the
-table's stream, and refuses an export that is older than that check. Every change after the export
+table's stream, and refuses an export that is older than that check. Before writing into an existing
+target, the checks of `tablesync check` run (a target with another key schema, no write permission,
+a target re-created after its ledger, a stream that retains longer than configured: refused with
+what to do). Every change after the export
 then reaches the target through the stream; keep the worker running (with this target in its
 configuration) throughout. docs/backfill.md explains why the result converges.
 
@@ -38,9 +41,10 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
+from kcl_app import preflight
 from kcl_app.adapters.clock import SystemClock
 from kcl_app.adapters.consumer import check_stream_consumer, stream_of
-from kcl_app.commands import UsageError, described, standalone
+from kcl_app.commands import UsageError, described, preflight_refuses, standalone
 from kcl_app.compose import seed_ports, source_dynamodb, source_kinesis, target_specs
 from kcl_app.config import load
 from kcl_app.core.errors import ReplicationError
@@ -85,16 +89,21 @@ def run(args: argparse.Namespace) -> int:
         target = config.target(args.target)
         source_table = target.source_table
         stream_since = None
+        if not args.skip_stream_check and not args.app:
+            raise UsageError("--app KCL_APP is required to check that the stream consumer reads from "
+                             "before the export (or pass --skip-stream-check)")
+        exports, imports = seed_ports(config, target, clock)
+        # an existing target is written: the checks of `tablesync check` first (a missing one is imported)
+        if imports.exists(target.table) and preflight_refuses(
+                "seed", config, stream=args.stream, targets=[target],
+                scope=preflight.Scope(stream=not args.skip_stream_check)):
+            return EXIT_REFUSED
         if not args.skip_stream_check:
-            if not args.app:
-                raise UsageError("--app KCL_APP is required to check that the stream consumer reads from "
-                                     "before the export (or pass --skip-stream-check)")
             source = source_dynamodb(config)
             stream = args.stream or stream_of(source, source_table)
             check_stream_consumer(source, source_kinesis(config), args.app, stream)
             stream_since = clock.now()
         (spec,) = target_specs(config, [target.name], prepare=True)
-        exports, imports = seed_ports(config, target, clock)
     except (ReplicationError, ClientError, BotoCoreError, OSError, ValueError) as exc:
         print(f"tablesync seed: refused: {exc}", file=sys.stderr)
         return EXIT_REFUSED
