@@ -361,3 +361,67 @@ def test_the_readme_walk_through_sets_up_what_check_passes(local_stack: LocalSta
                           cwd=tmp_path, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
     assert done.stdout.splitlines()[-1].startswith("OK: 7 ok"), done.stdout
+
+
+def test_stream_retaining_longer_than_configured_fails_with_the_value_to_set(ready: World) -> None:
+    ready.kinesis.increase_stream_retention_period(StreamName=ready.stream, RetentionPeriodHours=72)
+    code, doc = ready.check(ready.config())  # exact mode: stream_retention_hours defaults to 24
+    assert code == 2
+    stream = finding(doc, "stream ")
+    assert stream["status"] == "FAIL" and "72 h" in stream["detail"] and "TRIM_HORIZON" in stream["detail"]
+    assert "stream_retention_hours = 72" in stream["fix"]
+    code, doc = ready.check(ready.config(extra="stream_retention_hours = 72"))
+    assert code == 0, doc
+    code, doc = ready.check(ready.config(extra="stream_retention_hours = 96"))  # longer is only safer
+    assert code == 0 and "retention 72 h" in finding(doc, "stream ")["detail"]
+
+
+INLINE = {"mode": '"inline"'}
+RETENTION = "stream_retention_hours = 24"
+
+
+def test_inline_tombstone_table_missing_fails_unless_it_will_be_created(ready: World) -> None:
+    code, doc = ready.check(ready.config(extra=RETENTION, create_ledger="false", **INLINE))
+    assert code == 2
+    tomb = finding(doc, "tombstones t0")
+    assert tomb["status"] == "FAIL" and f"dst-{ready.suffix}.tablesync-tombstones" in tomb["detail"]
+    assert "create_ledger = true" in tomb["fix"]
+    code, doc = ready.check(ready.config(extra=RETENTION, **INLINE))
+    assert code == 0, doc
+    assert "created on first use" in finding(doc, "tombstones t0")["detail"]
+    assert f"dst-{ready.suffix}.tablesync-tombstones" not in ready.target_ddb.list_tables()["TableNames"]
+
+
+def test_inline_tombstone_table_with_another_key_fails(ready: World) -> None:
+    ready.table(ready.target_ddb, f"dst-{ready.suffix}.tablesync-tombstones", key="pk")
+    code, doc = ready.check(ready.config(extra=RETENTION, **INLINE))
+    assert code == 2
+    tomb = finding(doc, "tombstones t0")
+    assert tomb["status"] == "FAIL" and "pk (HASH S)" in tomb["detail"] and "k (HASH S)" in tomb["detail"]
+
+
+def test_inline_tombstone_table_is_in_the_write_probe_and_nothing_is_written(ready: World) -> None:
+    tombstones = f"dst-{ready.suffix}.tablesync-tombstones"
+    ready.table(ready.target_ddb, tombstones, key="k")
+    code, doc = ready.check(ready.config(extra=RETENTION, **INLINE))
+    assert code == 0, doc
+    assert finding(doc, "tombstones t0")["status"] == "OK"
+    probe = finding(doc, "writable t0")["detail"]
+    assert "ConditionCheck on the tombstones" in probe and "Put on the tombstones" in probe
+    assert ready.target_ddb.scan(TableName=tombstones)["Count"] == 0
+    assert ready.target_ddb.scan(TableName=f"dst-{ready.suffix}")["Count"] == 0
+
+
+def test_seed_into_an_existing_target_runs_the_checks_first(ready: World) -> None:
+    other = f"other-key-{ready.suffix}"
+    ready.table(ready.target_ddb, other, key="id", key_type="N")
+    bucket = f"seed-{ready.suffix}"
+    argv = ("seed", "--config", str(ready.config(targets=[other])), "--target", "t0", "--bucket", bucket,
+            "--skip-stream-check", "--poll", "0.1")
+    result = cli(ready.stack.endpoint, *argv)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "FAIL" in result.stderr and "id (HASH N)" in result.stderr and "refused by the pre-flight" in result.stderr
+    assert not result.stdout  # no summary: nothing was exported or written
+    assert ready.target_ddb.scan(TableName=other)["Count"] == 0
+    ledgers = [t for t in ready.target_ddb.list_tables()["TableNames"] if t.startswith(other + ".")]
+    assert not ledgers, ledgers  # the checks ran before anything was prepared
