@@ -5,11 +5,12 @@
 Checks, each OK, WARN or FAIL with what to do: the configuration, fully validated (the file, else
 TABLESYNC_CONFIG, else the environment-only configuration of one target); every source table
 (exists, ACTIVE, key schema); its Kinesis streaming destination (ACTIVE, into ``--stream`` when
-given, at MICROSECOND precision); the stream (exists, ACTIVE); every target (exists, the source's
-key schema, writable with its credentials or role, proved by writes that cannot succeed and so
-change nothing); its ledger (a target re-created after its ledger is found, with the fix).
+given, at MICROSECOND precision); the stream (exists, ACTIVE, retains changes no longer than
+``stream_retention_hours``); every target (exists, the source's key schema, writable with its
+credentials or role, proved by writes that cannot succeed and so change nothing); its ledger (a
+target re-created after its ledger is found, with the fix) or, inline, its tombstone table.
 
-``run``, ``backfill`` and ``verify`` run the same checks first and refuse to start on a FAIL.
+``run``, ``backfill``, ``verify`` and ``seed`` run the same checks first and refuse to start on a FAIL.
 
 Exit codes: 0 every check passed; 1 warnings only; 2 at least one check failed.
 """

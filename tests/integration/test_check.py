@@ -425,3 +425,42 @@ def test_seed_into_an_existing_target_runs_the_checks_first(ready: World) -> Non
     assert ready.target_ddb.scan(TableName=other)["Count"] == 0
     ledgers = [t for t in ready.target_ddb.list_tables()["TableNames"] if t.startswith(other + ".")]
     assert not ledgers, ledgers  # the checks ran before anything was prepared
+
+
+def test_inline_target_without_condition_check_permission_fails_the_probe(enforced: LocalStack,
+                                                                          tmp_path: Path) -> None:
+    """PutItem and DeleteItem alone pass the old probe; an inline create also needs ConditionCheckItem
+    on the tombstone table, and the probe now finds it missing."""
+    import boto3
+
+    admin = enforced.admin  # type: ignore[attr-defined]
+
+    def client(service: str, region: str = REGION) -> Any:
+        return boto3.session.Session().client(service, region_name=region, endpoint_url=enforced.endpoint,
+                                              aws_access_key_id=admin["AWS_ACCESS_KEY_ID"],
+                                              aws_secret_access_key=admin["AWS_SECRET_ACCESS_KEY"])
+
+    world = World(enforced, tmp_path)
+    world.ddb, world.kinesis = client("dynamodb"), client("kinesis")
+    world.target_ddb = client("dynamodb", TARGET_REGION)
+    world.source_with_destination()
+    world.table(world.target_ddb, f"dst-{world.suffix}")
+    world.table(world.target_ddb, f"dst-{world.suffix}.tablesync-tombstones", key="k")
+    granted = ["dynamodb:DescribeTable", "dynamodb:DescribeKinesisStreamingDestination", "dynamodb:Scan",
+               "dynamodb:GetItem", "kinesis:DescribeStreamSummary", "kinesis:ListStreams", "dynamodb:PutItem",
+               "dynamodb:DeleteItem"]
+    iam = client("iam")
+    name = f"no-check-{world.suffix}"
+    iam.create_user(UserName=name)
+    iam.put_user_policy(UserName=name, PolicyName="write", PolicyDocument=json.dumps(
+        {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": granted, "Resource": "*"}]}))
+    key = iam.create_access_key(UserName=name)["AccessKey"]
+    user = {"AWS_ACCESS_KEY_ID": key["AccessKeyId"], "AWS_SECRET_ACCESS_KEY": key["SecretAccessKey"]}
+    config = world.config(extra=RETENTION, **INLINE)
+    code, doc = world.check(config, env=admin)
+    assert code == 0, doc
+    code, doc = world.check(config, env=user)
+    assert code == 2
+    assert finding(doc, "tombstones t0")["status"] == "OK"
+    denied = finding(doc, "writable t0")
+    assert denied["status"] == "FAIL" and "dynamodb:ConditionCheckItem" in denied["detail"], denied
