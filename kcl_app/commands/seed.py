@@ -19,9 +19,8 @@ command first checks that the KCL lease table `--app` holds a lease for every op
 table's stream, and refuses an export that is older than that check. Before writing into an existing
 target, the checks of `tablesync check` run (a target with another key schema, no write permission,
 a target re-created after its ledger, a stream that retains longer than configured: refused with
-what to do). Every change after the export
-then reaches the target through the stream; keep the worker running (with this target in its
-configuration) throughout. docs/backfill.md explains why the result converges.
+what to do). Every change after the export then reaches the target through the stream; keep the
+worker running (with this target in its configuration) throughout. docs/backfill.md explains why the result converges.
 
 It is a command of its own rather than a mode of `backfill`: it needs a bucket and point-in-time
 recovery, it can create the target table, it costs S3 and export charges instead of read units on
