@@ -45,7 +45,7 @@ from kcl_app.adapters.scan import (
 )
 from kcl_app.adapters.state_file import write_json_atomically
 from kcl_app.core.attrs import MAX_ITEM_BYTES, Item, item_from_wire, item_size, item_to_wire
-from kcl_app.core.errors import ReplicationError
+from kcl_app.core.errors import ReplicationError, TransformFailed
 from kcl_app.core.fence import NEVER_SEEN
 from kcl_app.core.plan import Write
 from kcl_app.ports import Clock, GuardedWriter
@@ -363,8 +363,11 @@ def _shape_all(spec: TargetSpec, source_table: str, key_names: Sequence[str],
         change = backfill_change(source_table, key_names, item)
         try:
             out = spec.rule.shape(change)
-        except Exception as exc:  # noqa: BLE001 - user transform: report, never stop the scan
-            failed.append((change.key_id, f"transform failed: {exc!r}"))
+        except TransformFailed as exc:  # its reason names attributes, never values
+            failed.append((change.key_id, str(exc)))
+            continue
+        except Exception as exc:  # noqa: BLE001 - never stop the scan; the message may quote a value
+            failed.append((change.key_id, f"shaping failed: {type(exc).__name__}"))
             continue
         if out is None:
             filtered += 1

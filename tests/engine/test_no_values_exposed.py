@@ -14,6 +14,7 @@ import boto3
 import pytest
 
 from kcl_app.adapters.metrics import RecordingMetrics
+from kcl_app.adapters.scan import TargetSpec
 from kcl_app.commands import redrive as redrive_cmd
 from kcl_app.commands import verify as verify_cmd
 from kcl_app.compose import build_engine
@@ -121,3 +122,20 @@ def test_a_change_parked_and_redriven_logs_no_value(setup: Path, clock: Any, cap
     assert redrive_cmd.run(parser.parse_args(["redrive", "--config", str(setup), "--target", "copy"])) == 0
     out, err = capsys.readouterr()
     assert exposed(out + err + our_log(caplog)) == []
+
+
+def test_a_backfill_transform_failure_reports_no_value() -> None:
+    from kcl_app.backfill import _shape_all
+    from kcl_app.core.plan import TargetRule
+
+    def leaky(item: Any) -> Any:
+        raise ValueError(f"cannot mask {item['email']['S']}")
+
+    def broken(item: Any) -> Any:
+        return {**item, "email": {"S": None}}
+
+    for transform in (leaky, broken):
+        spec = TargetSpec(TargetRule("copy", "source", transform=transform), client=None, table="copy")  # type: ignore[arg-type]
+        writes, filtered, failed = _shape_all(spec, "source", ["pk"], [SOURCE_ITEM])
+        assert (writes, filtered) == ([], 0) and len(failed) == 1
+        assert failed[0][1] and exposed(failed[0][1]) == [], failed
