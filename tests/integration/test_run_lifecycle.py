@@ -29,6 +29,7 @@ from urllib.parse import parse_qs
 import pytest
 
 from kcl_app import daemon
+from tablesync_local.fleet import create_source, create_table
 from tests.integration.test_daemon_smoke import ECHO, REPO, _echoed, tablesync_run, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.daemon, pytest.mark.timeout(180)]
@@ -122,16 +123,18 @@ class Writer:
 
 def _setup(local_stack: Any, tmp_path: Path) -> dict[str, Any]:
     name = f"leave-{uuid.uuid4().hex[:8]}"
-    kinesis = local_stack.client("kinesis")
-    kinesis.create_stream(StreamName=name, ShardCount=2)
-    kinesis.get_waiter("stream_exists").wait(StreamName=name, WaiterConfig={"Delay": 0.2, "MaxAttempts": 50})
+    kinesis, dynamodb = local_stack.client("kinesis"), local_stack.client("dynamodb")
+    # what `run` checks before it starts: a source streaming into the stream, a target like it
+    create_source(dynamodb, kinesis, f"{name}-src", name, 2)
+    create_table(dynamodb, f"{name}-dst")
     properties = tmp_path / "kcl.properties"
     properties.write_text(daemon.render_properties(
         (REPO / "properties" / "local.properties").read_text(),
         {"python": sys.executable, "config": "/unused", "endpoint": local_stack.endpoint},
         {"executableName": f"{sys.executable} {ECHO}"}))
     config = tmp_path / "targets.toml"
-    config.write_text("# unused by the echo processor\n")
+    config.write_text(f'[[targets]]\nname = "t"\nsource_table = "{name}-src"\ntable = "{name}-dst"\n'
+                      'region = "us-east-1"\n')  # read by the pre-flight check only (the echo ignores it)
     paths = {"echo": tmp_path / "echo.jsonl", "log": tmp_path / "daemon.log", "metrics": tmp_path / "metrics.jsonl"}
     env = {**os.environ, **local_stack.env(), "TABLESYNC_ECHO_FILE": str(paths["echo"]),
            "TABLESYNC_METRICS_FILE": str(paths["metrics"])}

@@ -129,15 +129,16 @@ region = "us-east-1"
     assert done.returncode == 0, done.stderr
     rows = {row["target"]: row for row in json.loads(done.stdout)["targets"]}
     assert rows["eu"] == {"target": "eu", "lag_p50_ms": 51.0, "lag_p99_ms": 100.0, "lag_samples": 101, "parked": 0,
-                          "parked_queue_shared": False}
+                          "parked_queue_shared": False, "state": "active", "paused_reason": ""}
     assert rows["us"] == {"target": "us", "lag_p50_ms": None, "lag_p99_ms": None, "lag_samples": 0, "parked": 3,
-                          "parked_queue_shared": False}
+                          "parked_queue_shared": False, "state": "active", "paused_reason": ""}
 
     human = tablesync("status", "--app", app["name"], "--config", str(config), env=app["env"])
     tail = human.stdout.splitlines()[-4:]  # no metrics file: no lag known
     assert tail[0] == "targets (lag over the last minute):"
-    assert [line.split() for line in tail[1:]] == [["target", "lag_p50_ms", "lag_p99_ms", "parked"],
-                                                   ["eu", "n/a", "n/a", "0"], ["us", "n/a", "n/a", "3"]]
+    assert [line.split() for line in tail[1:]] == [["target", "state", "lag_p50_ms", "lag_p99_ms", "parked"],
+                                                   ["eu", "active", "n/a", "n/a", "0"],
+                                                   ["us", "active", "n/a", "n/a", "3"]]
 
 
 def test_watch_redraws_until_ctrl_c_and_exits_0(app: dict[str, Any]) -> None:
