@@ -11,9 +11,12 @@ by workers that are not live are flagged: after every worker stopped, their leas
 owner until another worker takes them. `tablesync run` names its worker `<host>:<8 hex digits>`,
 so an owner says which instance holds the shard.
 
-Targets (with `--config`): per target, the lag p50/p99 over the last minute from the EMF lines in
-`--metrics-file` (default `TABLESYNC_METRICS_FILE`; "n/a" without it or without recent samples),
-and how many changes are parked in its dead-letter store.
+Targets (with `--config`): per target, its state, the lag p50/p99 over the last minute from the EMF
+lines in `--metrics-file` (default `TABLESYNC_METRICS_FILE`; "n/a" without it or without recent
+samples), and how many changes are parked in its dead-letter store. The state is `paused` (by
+`tablesync pause`), else the worst circuit state a shard process reported in the last 30 s
+(`healthy`, `failing`, `probing`, `open`: parking its changes until a probe finds it back), else
+`active` (no recent report).
 
 `--watch` redraws the view every `--interval` seconds (default 2) until Ctrl-C, which exits 0.
 
@@ -40,6 +43,7 @@ from kcl_app.adapters import leases as leases_adapter
 from kcl_app.commands import described
 from kcl_app.compose import control_table, lease_clients, make_dead_letters
 from kcl_app.config import Config, load
+from kcl_app.core.health import PAUSED_CODE, STATE_CODES
 
 if TYPE_CHECKING:
     from types_boto3_dynamodb import DynamoDBClient
@@ -247,6 +251,7 @@ def target_rows(args: argparse.Namespace, now: float) -> list[dict[str, Any]]:
     sink = make_dead_letters(config)
     paused = paused_targets(config)
     lags = recent_lag(args.metrics_file, now - 60.0) if args.metrics_file else {}
+    states = recent_states(args.metrics_file, now - STATE_WINDOW) if args.metrics_file else {}
     queues: dict[str, int] = {}
     for target in config.targets:
         if target.dead_letter.kind == "sqs" and target.dead_letter.queue_url:
@@ -260,7 +265,8 @@ def target_rows(args: argparse.Namespace, now: float) -> list[dict[str, Any]]:
         except Exception:  # a queue that cannot be read: shown as n/a
             parked = None
         samples = sorted(lags.get(target.name, []))
-        rows.append({"target": target.name, "state": "paused" if target.name in paused else "active",
+        state = "paused" if target.name in paused else states.get(target.name, "active")
+        rows.append({"target": target.name, "state": state,
                      "paused_reason": paused.get(target.name, {}).get("reason", ""),
                      "lag_p50_ms": _percentile(samples, 50), "lag_p99_ms": _percentile(samples, 99),
                      "lag_samples": len(samples), "parked": parked,
@@ -279,6 +285,25 @@ def paused_targets(config: Config) -> dict[str, dict[str, str]]:
         print(f"tablesync status: control table {config.control_table} unreadable ({type(exc).__name__})",
               file=sys.stderr)
         return {}
+
+
+# The shard processes emit each target's `State` (core/health.py's codes) every few seconds; the
+# worst one any of them reported in this window is shown, so one process with the target open shows.
+STATE_WINDOW = 30.0
+STATE_NAMES = {code: name for name, code in STATE_CODES.items()} | {PAUSED_CODE: "paused"}
+
+
+def recent_states(path: str, since: float, tail_bytes: int = 8 << 20) -> dict[str, str]:
+    """The worst circuit state per target reported in the EMF lines of `path` since `since`."""
+    worst: dict[str, int] = {}
+    for doc in _tail_json(path, tail_bytes):
+        target, code, stamp = doc.get("Target"), doc.get("State"), doc.get("_aws", {})
+        when = stamp.get("Timestamp") if isinstance(stamp, dict) else None
+        if (not isinstance(target, str) or not isinstance(code, int | float) or isinstance(code, bool)
+                or int(code) not in STATE_NAMES or not isinstance(when, int | float) or when / 1000 < since):
+            continue
+        worst[target] = max(worst.get(target, 0), int(code))
+    return {target: STATE_NAMES[code] for target, code in worst.items()}
 
 
 def recent_lag(path: str, since: float, tail_bytes: int = 8 << 20) -> dict[str, list[float]]:

@@ -24,6 +24,7 @@ from typing import Literal
 State = Literal["healthy", "failing", "open", "probing"]
 Admission = Literal["send", "probe", "park"]
 STATE_CODES: dict[State, int] = {"healthy": 0, "failing": 1, "probing": 2, "open": 3}
+PAUSED_CODE = 4  # the `State` metric of a paused target, whatever its circuit
 
 
 @dataclass
@@ -99,7 +100,7 @@ class TargetHealth:
     @property
     def code(self) -> int:
         """The state as a number for metrics: 0 healthy, 1 failing, 2 probing, 3 open, 4 paused."""
-        return 4 if self.paused else STATE_CODES[self.state]
+        return PAUSED_CODE if self.paused else STATE_CODES[self.state]
 
 
 @dataclass

@@ -122,6 +122,11 @@ region = "us-east-1"
         {"Target": "eu", "LagMs": [900.0] * 50, "_aws": {"Timestamp": now_ms - 600_000}},  # too old: not counted
         {"Target": "eu", "LagMs": [float(v) for v in range(1, 101)], "_aws": {"Timestamp": now_ms - 5_000}},
         {"Target": "eu", "LagMs": {"Values": [500.0], "Counts": [1]}, "_aws": {"Timestamp": now_ms - 1_000}},
+        # circuit states: the worst of the last 30 s per target (one shard process has "us" open)
+        {"Target": "eu", "State": 3.0, "_aws": {"Timestamp": now_ms - 120_000}},  # too old: not shown
+        {"Target": "eu", "State": 0.0, "_aws": {"Timestamp": now_ms - 2_000}},
+        {"Target": "us", "State": 0.0, "_aws": {"Timestamp": now_ms - 2_000}},
+        {"Target": "us", "State": 3.0, "_aws": {"Timestamp": now_ms - 3_000}},
     ]
     metrics.write_text("".join(json.dumps(doc) + "\n" for doc in lines) + "not json\n")
     done = tablesync("status", "--app", app["name"], "--config", str(config), "--metrics-file", str(metrics),
@@ -129,9 +134,9 @@ region = "us-east-1"
     assert done.returncode == 0, done.stderr
     rows = {row["target"]: row for row in json.loads(done.stdout)["targets"]}
     assert rows["eu"] == {"target": "eu", "lag_p50_ms": 51.0, "lag_p99_ms": 100.0, "lag_samples": 101, "parked": 0,
-                          "parked_queue_shared": False, "state": "active", "paused_reason": ""}
+                          "parked_queue_shared": False, "state": "healthy", "paused_reason": ""}
     assert rows["us"] == {"target": "us", "lag_p50_ms": None, "lag_p99_ms": None, "lag_samples": 0, "parked": 3,
-                          "parked_queue_shared": False, "state": "active", "paused_reason": ""}
+                          "parked_queue_shared": False, "state": "open", "paused_reason": ""}
 
     human = tablesync("status", "--app", app["name"], "--config", str(config), env=app["env"])
     tail = human.stdout.splitlines()[-4:]  # no metrics file: no lag known
