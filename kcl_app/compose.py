@@ -412,10 +412,10 @@ def build_lanes(config: Config, pipeline: Pipeline, dead_letters: DeadLetterSink
             rereads[name] = Reread(lambda key: verifier.repair_key(spec, key), clock, max_age, config.precision)
         return rereads[name]
 
-    def heal(name: str, limit: int | None = None) -> RedriveReport | None:
+    def heal(name: str, limit: int | None = None, budget: float | None = None) -> RedriveReport | None:
         return auto_redrive(pipeline, dead_letters, name, clock=clock, rate=config.target(name).heal_rate,
-                     lock_dir=heal_lock_dir(), reread=reread_for(name), metrics=metrics,
-                     lock_name=f"{os.path.abspath(config.origin)}:{name}", limit=limit)
+                            lock_dir=heal_lock_dir(), reread=reread_for(name), metrics=metrics,
+                            lock_name=f"{os.path.abspath(config.origin)}:{name}", limit=limit, budget=budget)
 
     control = control_table(config)
     paused = PausedTargets(control, clock).current if control is not None else (lambda: frozenset[str]())

@@ -109,12 +109,16 @@ class Pipeline:
     def close(self) -> None:
         self._pool.shutdown(wait=True)
 
-    def process(self, records: Sequence[RawRecord], only: Iterable[str] | None = None) -> BatchResult:
-        """Apply a batch to every target (or to the targets named in `only`, for redrive), waiting for each."""
+    def process(self, records: Sequence[RawRecord], only: Iterable[str] | None = None,
+                budget: float | None = None) -> BatchResult:
+        """Apply a batch to every target (or to the targets named in `only`, for redrive), waiting for
+        each. `budget` caps every target's retry budget (a probe of a target that may still be down)."""
         prepared = self.prepare(records, only)
         # 4-5 apply to every target concurrently, each within its own retry budget; park what fails
         start = self.clock.monotonic()
-        futures = {name: self._pool.submit(self.settle_target, prepared, name, start + self.budgets[name])
+        futures = {name: self._pool.submit(self.settle_target, prepared, name,
+                                           start + min(self.budgets[name], budget if budget is not None
+                                                       else self.budgets[name]))
                    for name in prepared.result.targets}
         for future in futures.values():
             future.result()  # settle_target adds what it could not settle to prepared.unsettled

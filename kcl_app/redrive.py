@@ -113,11 +113,12 @@ class _Attempts:
 def redrive(pipeline: Pipeline, sink: DeadLetterSink, target: str, batch_size: int = 500,
             reread: Reread | None = None,
             progress: Callable[[RedriveReport], None] | None = None,
-            stream_wide: bool = False) -> RedriveReport:
+            stream_wide: bool = False, budget: float | None = None) -> RedriveReport:
     """Re-apply the entries of `target`'s store; `progress(report so far)` after each step.
 
     `stream_wide`: `target` is `_poison` or `_unmapped`, whose records go through the whole
-    pipeline again (every target; those still undecodable or unmapped are parked anew)."""
+    pipeline again (every target; those still undecodable or unmapped are parked anew).
+    `budget` caps the targets' retry budget per batch (a probe is short)."""
     report = RedriveReport(target)
     batch: list[tuple[str, RawRecord]] = []
     attempts = _Attempts(getattr(pipeline, "dead_letters", sink))
@@ -128,7 +129,8 @@ def redrive(pipeline: Pipeline, sink: DeadLetterSink, target: str, batch_size: i
         attempts.reparked.clear()
         attempts.pending.update((by_handle[h].entry_id, by_handle[h]) for h, _ in entries)
         try:
-            result = _process(pipeline, attempts, [raw for _, raw in entries], None if stream_wide else [target])
+            result = _process(pipeline, attempts, [raw for _, raw in entries], None if stream_wide else [target],
+                              budget)
         except Exception:  # the pipeline should not raise; if it does, nothing of this batch is settled
             log.exception("redrive %s: a batch of %d entries raised", target, len(entries))
             return entries
@@ -197,17 +199,18 @@ def redrive(pipeline: Pipeline, sink: DeadLetterSink, target: str, batch_size: i
     return report
 
 
-def _process(pipeline: Pipeline, sink: _Attempts, records: list[RawRecord], only: list[str] | None) -> BatchResult:
+def _process(pipeline: Pipeline, sink: _Attempts, records: list[RawRecord], only: list[str] | None,
+             budget: float | None = None) -> BatchResult:
     """`pipeline.process`, parking into `sink` (the pipeline's own sink, wrapped) for this batch.
 
     The pipeline's port is swapped for the batch and given back after it: a redrive runs on a
     pipeline of its own (the command builds one), not on one a stream worker is using meanwhile."""
     own = getattr(pipeline, "dead_letters", None)
     if own is None or own is sink:
-        return pipeline.process(records, only=only)
+        return pipeline.process(records, only=only, budget=budget)
     pipeline.dead_letters = sink
     try:
-        return pipeline.process(records, only=only)
+        return pipeline.process(records, only=only, budget=budget)
     finally:
         if pipeline.dead_letters is sink:
             pipeline.dead_letters = own
@@ -380,11 +383,13 @@ class HostLock:
 
 def auto_redrive(pipeline: Pipeline, sink: DeadLetterSink, target: str, *, clock: Clock, rate: float,
                  lock_dir: str, reread: Reread | None = None, metrics: Metrics | None = None,
-                 lock_name: str | None = None, limit: int | None = None) -> RedriveReport | None:
+                 lock_name: str | None = None, limit: int | None = None,
+                 budget: float | None = None) -> RedriveReport | None:
     """Re-apply `target`'s parked entries at most `rate` entries per second (the self-healing entry
     point; see the notes above for who drains what). None when another process here holds the turn.
     `lock_name` names the store (e.g. the config file and target) for the per-machine turn;
-    `limit` stops after that many entries (a probe of a target that may still be down)."""
+    `limit` stops after that many entries and `budget` caps the retry budget (a probe of a target
+    that may still be down)."""
     lock = HostLock(lock_dir, lock_name or f"{type(sink).__name__}:{target}")
     if not lock.acquire():
         return None
@@ -398,7 +403,8 @@ def auto_redrive(pipeline: Pipeline, sink: DeadLetterSink, target: str, *, clock
                 clock.sleep(wait)
 
         observed = _Observed(sink, limit)
-        report = redrive(pipeline, observed, target, batch_size=batch_size, reread=reread, progress=pace)
+        report = redrive(pipeline, observed, target, batch_size=batch_size, reread=reread, progress=pace,
+                         budget=budget)
     finally:
         lock.release()
     if metrics is not None:

@@ -10,8 +10,10 @@ Contract (what the record processor relies on), in numbered steps:
    not due, gets its writes parked at once (durably, in a separate small pool, never queued behind
    the lane); so does a target that is not healthy and already has `max_backlog` writes in flight
    (memory stays bounded). Otherwise the job goes to the lane, where `admit()` is asked again when
-   it starts: a job queued while the target opened is parked then, without being sent. A probe's
-   writes get a short budget (`probe_budget`), so that a silent target costs little per probe.
+   it starts: a job queued while the target opened is parked then, without being sent. The job
+   that finds an open target's probe due is its probe (claimed at submit, so that the background
+   probe of 9 cannot take the turn from it). A probe's writes get a short budget (`probe_budget`),
+   so that a silent target costs little per probe, whether live or from the parked changes.
 3. `wait(batch)` waits for the lanes of HEALTHY targets only, at most `patience` seconds (None:
    until they settle), and for the writes parked at once (local and quick). A healthy lane still
    busy after the patience is marked `failing`: the shard stops waiting for it; its writes keep
@@ -133,10 +135,13 @@ class Lanes:
                 if resumed:
                     self._heal_due[name] = 0.0  # caught up at once (tick) after a resume
                 reason = self._refusal(name, writes)
+                # an open target whose probe is due: this job is its probe, claimed here, before the
+                # background duties (`tick`) could claim it for a probe from the parked changes
+                probe = reason is None and health.state == "open" and health.admit() == "probe"
                 if reason is None:
                     self.backlog[name] += writes
             if reason is None:
-                batch.futures[name] = self._lanes[name].submit(self._send, prepared, name, writes)
+                batch.futures[name] = self._lanes[name].submit(self._send, prepared, name, writes, probe)
             else:
                 batch.futures[name] = self._parker.submit(self._park, prepared, name, reason)
                 batch.parking.add(name)
@@ -156,11 +161,11 @@ class Lanes:
                     f"(bound {self.settings.max_backlog}); parked without sending")
         return None
 
-    def _send(self, prepared: Prepared, name: str, writes: int) -> set[int]:
+    def _send(self, prepared: Prepared, name: str, writes: int, probe: bool = False) -> set[int]:
         health = self.health[name]
         try:
             with self._lock:
-                admission = health.admit()
+                admission = "probe" if probe else health.admit()
                 last_error = health.last_error
             if admission == "park":
                 why = "paused by the operator" if health.paused else f"open (last error: {last_error})"
@@ -327,7 +332,7 @@ class Lanes:
     def _probe_one(self, heal: Callable[..., object], name: str) -> None:
         health = self.health[name]
         try:
-            report = heal(name, self.settings.probe_entries)
+            report = heal(name, self.settings.probe_entries, self.settings.probe_budget)
         except Exception:  # noqa: BLE001 - a probe that raised proved nothing
             log.warning("target %s: probe from the parked changes failed", name, exc_info=True)
             report = None

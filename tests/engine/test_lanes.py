@@ -133,9 +133,9 @@ class Stack:
         self.exits: list[int] = []
         self.daemon = Daemon([])
 
-    def heal(self, name: str, limit: int | None = None) -> Any:
+    def heal(self, name: str, limit: int | None = None, budget: float | None = None) -> Any:
         return auto_redrive(self.pipeline, self.sink, name, clock=self.clock, rate=1000.0, lock_dir=self.lock_dir,
-                            metrics=self.metrics, limit=limit)
+                            metrics=self.metrics, limit=limit, budget=budget)
 
     def make_lanes(self, pipeline: Pipeline) -> Lanes:
         self.lanes = Lanes(pipeline, self.clock, self.metrics, self.settings, paused=lambda: self.paused,
@@ -363,3 +363,23 @@ def test_with_no_traffic_after_the_outage_the_target_is_probed_from_its_parked_c
     assert done.is_set(), "b was not healed without traffic"
     assert b.items == a.items == stack.source()
     assert daemon.checkpoints() == ["00003", "00006", None]
+
+
+def test_a_background_probe_of_a_target_still_down_costs_only_the_probe_budget(clock, tmp_path) -> None:
+    stack = Stack(clock, tmp_path)
+    b = stack.targets["b"]
+    b.mode = "down"
+
+    def probe_due() -> None:
+        clock.advance(2.0)  # no batch comes: the background duties probe with b's parked changes
+        assert stack.lanes is not None
+        stack.lanes.tick()  # what the background thread runs once a second
+        probe = stack.lanes.healing("b")
+        assert probe is not None and probe.name == "ts-probe-b"
+        probe.join(timeout=30)
+
+    stack.run([stack.batch(), probe_due, {"action": "shardEnded"}])
+    # the batch's budgeted call, then the probe from the parked changes: short, like a live probe
+    assert b.budgets == [30.0, stack.settings.probe_budget]
+    assert stack.lanes is not None and stack.lanes.health["b"].failures == 2  # the probe failed: still open
+    assert len(stack.parked("b")) == 3  # the probe's changes are parked again, none lost
