@@ -14,10 +14,13 @@ Contract (what the record processor relies on), in numbered steps:
    that finds an open target's probe due is its probe (claimed at submit, so that the background
    probe of 9 cannot take the turn from it). A probe's writes get a short budget (`probe_budget`),
    so that a silent target costs little per probe, whether live or from the parked changes.
-3. `wait(batch)` waits for the lanes of HEALTHY targets only, at most `patience` seconds (None:
-   until they settle), and for the writes parked at once (local and quick). A healthy lane still
-   busy after the patience is marked `failing`: the shard stops waiting for it; its writes keep
-   going in the background, within their budget.
+3. `wait(batch)` waits for the lanes of HEALTHY targets only, and for the writes parked at once
+   (local and quick). Once the first healthy target has settled, the others get `patience` seconds
+   more (None: until they settle); a healthy lane still busy then is marked `failing`: the shard
+   stops waiting for it; its writes keep going in the background, within their budget. A target
+   is given up on only when it is slower than another: alone, or when all are equally slow (a
+   catch-up reading full pages), the targets are waited for, so that the shard is paced by them
+   instead of piling writes up to `max_backlog` and parking the rest.
 4. `checkpointable()` returns the last record settled in EVERY target: batches are settled in the
    order they were submitted; a batch is settled once every target's job is done (applied, stale,
    duplicate, or durably parked). The processor checkpoints that record, which may be earlier than
@@ -29,9 +32,10 @@ Contract (what the record processor relies on), in numbered steps:
 7. A target's write-rate cap (`max_writes_per_second`) is a token bucket in its lane: the lane
    waits before a job whose writes exceed it; the other lanes do not.
 8. Self-healing: when a target comes back after being open (its probe succeeded), and while it is
-   not open (every `heal_interval` seconds, or `heal_retry` after a round that found entries or
-   did not get the turn), `heal(target)` is started on a background thread (one per target at a
-   time) from `tick()` after a batch: it re-applies the target's parked entries at a bounded rate (see
+   healthy (every `heal_interval` seconds, or `heal_retry` after a round that found entries or did
+   not get the turn; never while it is failing: a slow target gets no replay on top of its
+   traffic), `heal(target)` is started on a background thread (one per target at a time) from
+   `tick()`: it re-applies the target's parked entries at a bounded rate (see
    `kcl_app.redrive.auto_redrive`, which decides which process drains which entries).
 9. Background duties (a thread, once a second, no traffic needed): heals as in 8, the state
    metrics, and the probe of an open target whose probe is due, made with up to `probe_entries` of
@@ -43,10 +47,9 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections import deque
 from collections.abc import Callable, Collection, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_for
 from dataclasses import dataclass, field
 
@@ -72,9 +75,10 @@ class LaneBatch:
 
 @dataclass(frozen=True)
 class LaneSettings:
-    """How lanes behave (config keys of the same names under `[lanes]`, see docs/configuration.md)."""
+    """How lanes behave. The record processor's are `compose.build_lanes`'s (patience 0.5 s, the rest
+    these defaults); they are not configuration keys."""
 
-    patience: float | None = None  # seconds the shard waits for a healthy target; None: until it settles
+    patience: float | None = None  # seconds a healthy target gets after the fastest settled; None: no limit
     max_backlog: int = 10_000  # writes in flight per unhealthy target before new ones are parked at once
     probe_base: float = 2.0
     probe_cap: float = 15.0
@@ -224,22 +228,31 @@ class Lanes:
 
     # -- 3 wait for the healthy targets only -----------------------------------------------------
     def wait(self, batch: LaneBatch) -> None:
+        """Wait for `batch` (step 3). The patience protects the other targets from a slow one, so it
+        starts when the first healthy target that was sent writes has settled: a target is only given
+        up on when it is slower than another. Alone (or all equally slow, as in a catch-up), the healthy
+        targets are waited for until they settle; each job is bounded by its retry budget."""
+        for name in batch.parking:  # parking is local and quick: always waited for
+            wait_for([batch.futures[name]])
+        waiting = {name: f for name, f in batch.futures.items()
+                   if name not in batch.parking and self.health[name].waited_for}
+        if not waiting:
+            return
         patience = self.settings.patience
-        end = None if patience is None else time.monotonic() + patience
-        for name, future in batch.futures.items():
-            if name in batch.parking:  # parking is local and quick: always waited for
-                wait_for([future])
-                continue
-            if not self.health[name].waited_for:
-                continue
-            timeout = None if end is None else max(0.0, end - time.monotonic())
-            done, _ = wait_for([future], timeout=timeout)
-            if not done:
+        if patience is None or len(waiting) == 1:
+            wait_for(list(waiting.values()))
+            return
+        done, pending = wait_for(list(waiting.values()), return_when=FIRST_COMPLETED)
+        if not pending:
+            return
+        done, pending = wait_for(pending, timeout=patience)
+        for name, future in waiting.items():
+            if future in pending:
                 with self._lock:
                     changed = self.health[name].slow()
                 if changed:
-                    log.info("target %s: still writing after %.2f s; not waiting for it until it settles", name,
-                             patience or 0.0)
+                    log.info("target %s: still writing %.2f s after the fastest target settled; not waiting "
+                             "for it until it settles", name, patience)
 
     # -- 4 what may be checkpointed --------------------------------------------------------------
     def checkpointable(self) -> tuple[RawRecord | None, bool]:
@@ -281,10 +294,11 @@ class Lanes:
 
     # -- 7 self-healing and visible state --------------------------------------------------------
     def tick(self) -> None:
-        """After each batch: start due heals of healthy targets, emit the per-target state metrics."""
+        """After each batch and once a second: start due heals of healthy targets and due probes of
+        open ones, emit the per-target state metrics."""
         now = self.clock.monotonic()
         for name, health in self.health.items():
-            if health.state in ("healthy", "failing") and not health.paused and now >= self._heal_due[name]:
+            if health.state == "healthy" and not health.paused and now >= self._heal_due[name]:
                 self._start_heal(name)
             elif health.state == "open" and not health.paused and now >= health.next_probe:
                 self._start_probe(name)

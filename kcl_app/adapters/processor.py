@@ -4,7 +4,8 @@ Contract with the daemon, and how each failure is owned here (kclpy catches exce
 by a processor, logs them and still reports success, so nothing may be left to raise):
 
 1. `process_records`: decode and plan, hand each target its writes through its lane
-   (`kcl_app.adapters.lanes`), wait only for the HEALTHY targets (a bounded patience), then
+   (`kcl_app.adapters.lanes`, in jobs of `JOB_RECORDS` records, one prepared ahead), wait only for
+   the HEALTHY targets (a bounded patience after the fastest), then
    checkpoint at the highest record that is settled (applied or durably parked) in EVERY target,
    which may be a record of an earlier batch while a slow target's lane is still working.
    A record that cannot be decoded, checked or shaped is parked with its reason; if the engine
@@ -35,7 +36,7 @@ from amazon_kclpy.checkpoint_error import CheckpointError
 from amazon_kclpy.v3.processor import RecordProcessorBase
 
 from kcl_app import logs
-from kcl_app.adapters.lanes import Lanes
+from kcl_app.adapters.lanes import LaneBatch, Lanes
 from kcl_app.adapters.retry import Backoff
 from kcl_app.core.errors import ReplicationError
 from kcl_app.core.records import RawRecord
@@ -47,6 +48,10 @@ log = logging.getLogger("tablesync.processor")
 EXIT_UNSETTLED = 3  # a batch could neither be applied nor parked
 EXIT_ENGINE_BUG = 70
 EXIT_CANNOT_START = 78  # configuration (EX_CONFIG): e.g. a source key schema that cannot be learned
+# Records per lanes job: a batch of up to 10,000 (a full GetRecords page) is handed to the lanes in
+# jobs of this size, one prepared ahead while the previous one is written: memory stays that of two
+# jobs whatever the page size, and decoding overlaps the targets' round trips.
+JOB_RECORDS = 1_000
 
 
 class CheckpointFailure(enum.Enum):
@@ -68,8 +73,9 @@ class ReplicationProcessor(RecordProcessorBase):
     def __init__(self, pipeline_factory: Callable[[], Pipeline], clock: Clock, metrics: Metrics,
                  backoff: Backoff | None = None, checkpoint_attempts: int = 6,
                  exit: Callable[[int], Any] = sys.exit,
-                 lanes: Callable[[Pipeline], Lanes] | None = None) -> None:
+                 lanes: Callable[[Pipeline], Lanes] | None = None, job_records: int = JOB_RECORDS) -> None:
         self._factory = pipeline_factory
+        self.job_records = max(1, job_records)
         self._lanes_factory = lanes or (lambda p: Lanes(p, self.clock, self.metrics))
         self.lanes: Lanes | None = None
         self.clock = clock
@@ -107,14 +113,25 @@ class ReplicationProcessor(RecordProcessorBase):
             self._exit(EXIT_ENGINE_BUG)
             return
         parked: BatchResult | None = None
-        try:
-            batch = self.lanes.submit(records)
-        except Exception as exc:  # an engine defect on this batch: park it whole rather than stall the shard
-            log.critical("engine failed on a batch of %d records; parking them as poison", len(records),
-                         exc_info=True)
-            parked = self.pipeline.park_all(records, f"engine failed on the batch ({type(exc).__name__})")
-        else:
-            self.lanes.wait(batch)
+        parked_at = 0  # the index in `records` of the first record parked whole
+        last: RawRecord | None = None
+        stuck = False
+        ahead: LaneBatch | None = None
+        for start in range(0, len(records), self.job_records):
+            try:
+                batch = self.lanes.submit(records[start : start + self.job_records])
+            except Exception as exc:  # an engine defect: park the rest of the batch whole rather than stall
+                log.critical("engine failed on a batch of %d records; parking them as poison",
+                             len(records) - start, exc_info=True)
+                parked_at = start
+                parked = self.pipeline.park_all(records[start:], f"engine failed on the batch ({type(exc).__name__})")
+                break
+            if ahead is not None:  # one job prepared ahead while the lanes write the previous one
+                self.lanes.wait(ahead)
+                last, stuck = self._settled(last, stuck)
+            ahead = batch
+        if ahead is not None:
+            self.lanes.wait(ahead)
         try:
             behind = process_records_input.millis_behind_latest
             self.metrics.emit({"Shard": self.shard_id}, {"Records": len(records)},
@@ -122,18 +139,23 @@ class ReplicationProcessor(RecordProcessorBase):
             self.lanes.tick()
         except Exception:  # metrics never stop a shard
             log.warning("shard metrics not emitted", exc_info=True)
-        if parked is not None and self.lanes.in_flight == 0:
-            # the lanes hold nothing earlier: this batch's own settled prefix may be checkpointed
-            if parked.checkpoint_index >= 0:
-                self._checkpoint_at(process_records_input.checkpointer, records[parked.checkpoint_index])
-            if not parked.complete:
-                self._unsettled(parked.checkpoint_index, parked.size)
-            return
-        last, stuck = self.lanes.checkpointable()
+        last, stuck = self._settled(last, stuck)
+        if parked is not None and not stuck and self.lanes.in_flight == 0 and parked.checkpoint_index >= 0:
+            # the lanes hold nothing earlier: the parked records' settled prefix may be checkpointed
+            last = records[parked_at + parked.checkpoint_index]
         if last is not None:
             self._checkpoint_at(process_records_input.checkpointer, last)
-        if stuck or (parked is not None and not parked.complete):
+        if stuck:
             self._unsettled(-1, len(records))
+        elif parked is not None and not parked.complete:
+            self._unsettled(parked_at + parked.checkpoint_index, len(records))
+
+    def _settled(self, last: RawRecord | None, stuck: bool) -> tuple[RawRecord | None, bool]:
+        """The last record settled everywhere so far (the lanes release what they hold for it)."""
+        if stuck:
+            return last, True
+        newer, stuck = self.lanes.checkpointable() if self.lanes is not None else (None, False)
+        return newer or last, stuck
 
     def _checkpoint_at(self, checkpointer: Any, record: RawRecord) -> None:
         self.last_settled = (record.sequence_number, record.sub_sequence_number)

@@ -43,13 +43,18 @@ class FakeTarget:
         self.items: dict[str, dict[str, Any]] = {}
         self.versions: dict[str, Any] = {}
         self.calls = 0
+        self.sizes: list[int] = []  # per call: how many writes it carried
+        self.delay = 0.0  # real seconds every call takes (a busy target: a catch-up's full pages)
         self.budgets: list[float] = []  # per call: the budget it was given (deadline - start)
         self._lock = threading.Lock()
 
     def apply(self, writes: Sequence[Write], deadline: float) -> ApplyResult:
         with self._lock:
             self.calls += 1
+            self.sizes.append(len(writes))
             self.budgets.append(deadline - self.clock.monotonic())
+        if self.delay:
+            threading.Event().wait(self.delay)  # the simulated slowness is what is under test
         if self.mode == "silent":
             self.gate.wait(timeout=60)
         if self.mode in ("down", "silent"):
@@ -130,6 +135,7 @@ class Stack:
         self.settings = LaneSettings(patience=patience, max_backlog=max_backlog, heal_interval=3600.0,
                                      background_interval=background)
         self.lanes: Lanes | None = None
+        self.job_records = 1_000
         self.exits: list[int] = []
         self.daemon = Daemon([])
 
@@ -144,7 +150,7 @@ class Stack:
 
     def processor(self) -> ReplicationProcessor:
         return ReplicationProcessor(lambda: self.pipeline, self.clock, self.metrics, exit=self.exits.append,
-                                    lanes=self.make_lanes)
+                                    lanes=self.make_lanes, job_records=self.job_records)
 
     def batch(self, n: int = 3) -> dict[str, Any]:
         records = []
@@ -251,18 +257,36 @@ def test_a_silent_target_is_not_waited_for_and_the_checkpoint_stays_behind_it(cl
     assert sum(r.startswith("target b is open") and r.endswith("parked without sending") for r in reasons) == 6
 
 
+def test_targets_that_are_all_slow_are_waited_for_and_nothing_is_parked(clock, tmp_path) -> None:
+    # a catch-up: every target takes longer than the patience for a full page; none is slower than
+    # another, so none is given up on: the shard is paced by them, nothing piles up, nothing parks
+    stack = Stack(clock, tmp_path, patience=0.02, max_backlog=4)
+    a, b = stack.targets["a"], stack.targets["b"]
+    a.delay = b.delay = 0.15
+    daemon = stack.run([stack.batch(), stack.batch(), stack.batch(), {"action": "shardEnded"}])
+    assert daemon.checkpoints() == ["00003", "00006", "00009", None]
+    assert stack.parked("b") == [] and stack.parked("a") == []
+    assert a.calls == b.calls == 3
+    assert a.items == b.items == stack.source()
+    assert stack.lanes is not None and {h.state for h in stack.lanes.health.values()} == {"healthy"}
+
+
 def test_a_silent_target_beyond_the_backlog_bound_parks_at_once_and_shutdown_checkpoints_what_is_settled(
         clock, tmp_path) -> None:
     stack = Stack(clock, tmp_path, patience=0.02, max_backlog=4)
     a, b = stack.targets["a"], stack.targets["b"]
     b.mode = "silent"
     daemon = stack.run([stack.batch(3), stack.batch(3), {"action": "shutdownRequested"}, b.gate.set])
-    # batch 1 went to b's lane (3 writes in flight); batch 2 would pass the bound of 4: parked unsent
-    assert b.calls == 1
-    assert [r for r in stack.parked("b") if "writes in flight" in r] and len(stack.parked("b")) == 3
-    assert len(a.items) == 4
     # shutdown: nothing is settled everywhere yet (b still holds batch 1), so the current position
     assert daemon.checkpoints() == [None]
+    assert stack.lanes is not None
+    stack.lanes.drain()  # the released call spends its budget: batch 1 is parked too
+    # batch 1 went to b's lane (3 writes in flight); batch 2 would pass the bound of 4: parked unsent
+    assert b.calls == 1
+    reasons = stack.parked("b")
+    assert sum("writes in flight (bound 4); parked without sending" in r for r in reasons) == 3
+    assert sum(r.startswith("retry budget spent") for r in reasons) == 3 and len(reasons) == 6
+    assert len(a.items) == 4
 
 
 def test_lease_lost_stops_the_lanes_and_checkpoints_nothing(clock, tmp_path) -> None:
@@ -383,3 +407,35 @@ def test_a_background_probe_of_a_target_still_down_costs_only_the_probe_budget(c
     assert b.budgets == [30.0, stack.settings.probe_budget]
     assert stack.lanes is not None and stack.lanes.health["b"].failures == 2  # the probe failed: still open
     assert len(stack.parked("b")) == 3  # the probe's changes are parked again, none lost
+
+
+def test_a_large_batch_goes_to_the_lanes_in_jobs_and_is_checkpointed_at_its_end(clock, tmp_path) -> None:
+    stack = Stack(clock, tmp_path)
+    stack.job_records = 2
+    a, b = stack.targets["a"], stack.targets["b"]
+    daemon = stack.run([stack.batch(5), {"action": "shardEnded"}])  # keys k1 k2 k3 k0 k1
+    assert a.sizes == b.sizes == [2, 2, 1]  # three jobs of at most 2 records, in order
+    assert daemon.checkpoints() == ["00005", None]
+    assert a.items == b.items == stack.source()
+
+
+def test_an_engine_defect_on_a_later_job_parks_the_rest_of_the_batch_and_keeps_the_earlier_jobs(
+        clock, tmp_path) -> None:
+    stack = Stack(clock, tmp_path)
+    stack.job_records = 2
+    a = stack.targets["a"]
+    prepare = stack.pipeline.prepare
+
+    def defective(records: Any, only: Any = None) -> Any:
+        if any(r.sequence_number == "00003" for r in records):
+            raise RuntimeError("a defect on this job")
+        return prepare(records, only)
+
+    stack.pipeline.prepare = defective  # type: ignore[method-assign]
+    daemon = stack.run([stack.batch(5), {"action": "shardEnded"}])
+    assert a.sizes == [2]  # the first job was applied; the defect's job and the rest were parked whole
+    poison = [entry for _, entry in stack.sink.read("_poison")]
+    assert sorted(e.sequence_number for e in poison) == ["00003", "00004", "00005"]
+    assert {e.reason for e in poison} == {"engine failed on the batch (RuntimeError)"}
+    assert daemon.checkpoints() == ["00005", None]  # everything settled: applied or parked
+    assert stack.exits == []
