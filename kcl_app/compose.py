@@ -15,6 +15,7 @@ import logging
 import os
 import re
 import tempfile
+import threading
 import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -79,9 +80,31 @@ def default_region() -> str | None:
     return _aws.region or os.environ.get("AWS_REGION") or None
 
 
+_LOADER: Any = None  # the process's one botocore data loader (see `core_session`)
+_LOADER_LOCK = threading.Lock()
+
+
+def core_session() -> botocore.session.Session:
+    """A new botocore session that shares the process's one data loader.
+
+    The loader caches what it parses: the service models, their endpoint rules and botocore's
+    endpoints.json (~20 MB as parsed objects, loaded by every session that creates a client). A
+    session of its own per client kind (source, each target, an assumed role, the verifier's) would
+    parse its own copy; sharing the loader keeps one. Sessions stay separate (botocore sessions are
+    not shared across threads); their loader is read-mostly and caches by key."""
+    global _LOADER
+    core = botocore.session.Session()
+    with _LOADER_LOCK:
+        if _LOADER is None:
+            _LOADER = core.get_component("data_loader")
+        else:
+            core.register_component("data_loader", _LOADER)
+    return core
+
+
 def base_session() -> boto3.Session:
     """A session with the configured profile and default region. Raises botocore's ProfileNotFound."""
-    return boto3.Session(profile_name=_aws.profile, region_name=default_region())
+    return boto3.Session(profile_name=_aws.profile, region_name=default_region(), botocore_session=core_session())
 
 
 def env_session(env: Mapping[str, str], region: str | None) -> boto3.Session:
@@ -89,7 +112,8 @@ def env_session(env: Mapping[str, str], region: str | None) -> boto3.Session:
     the supervisor that runs beside it."""
     return boto3.Session(aws_access_key_id=env.get("AWS_ACCESS_KEY_ID"),
                          aws_secret_access_key=env.get("AWS_SECRET_ACCESS_KEY"),
-                         aws_session_token=env.get("AWS_SESSION_TOKEN"), region_name=region)
+                         aws_session_token=env.get("AWS_SESSION_TOKEN"), region_name=region,
+                         botocore_session=core_session())
 
 
 def call_timeouts(budget_seconds: float) -> tuple[float, float]:
@@ -139,10 +163,7 @@ def session_for(target: TargetConfig, base: boto3.Session | None = None) -> boto
         role_arn=target.role_arn,
         extra_args=extra,
     )
-    core = botocore.session.Session()
-    # One parsed copy of the service models per process: every target's session shares the base
-    # session's loader (its cache holds the DynamoDB model and endpoint rules, ~10 MB per copy).
-    core.register_component("data_loader", base._session.get_component("data_loader"))  # noqa: SLF001
+    core = core_session()  # one parsed copy of the service models and endpoint data per process
     # the documented way to plug a credential provider; botocore's stubs do not declare the attribute
     core._credentials = DeferredRefreshableCredentials(  # type: ignore[attr-defined]  # noqa: SLF001
         refresh_using=fetcher.fetch_credentials, method="assume-role"
@@ -402,14 +423,25 @@ def build_lanes(config: Config, pipeline: Pipeline, dead_letters: DeadLetterSink
     too old to replay is settled from the source's current item (the verifier's fenced repair),
     exactly as `tablesync redrive` does."""
     rereads: dict[str, Reread] = {}
+    lock = threading.Lock()
 
     def reread_for(name: str) -> Reread:
+        """The heal's reread of `name`: its clients (the source's, the target's for scanning) are
+        built by the first entry that needs one, not by every heal round (most find nothing)."""
         if name not in rereads:
             target = config.target(name)
-            spec = target_specs(config, [name])[0]
-            verifier = Verifier(source_dynamodb(config), target.source_table, [spec], clock)
+            built: list[tuple[Verifier, TargetSpec]] = []
+
+            def repair(key: dict[str, Any]) -> str:
+                with lock:
+                    if not built:
+                        spec = target_specs(config, [name])[0]
+                        built.append((Verifier(source_dynamodb(config), target.source_table, [spec], clock), spec))
+                verifier, spec = built[0]
+                return verifier.repair_key(spec, key)
+
             max_age = config.tombstone_ttl_seconds if target.mode == "exact" else None
-            rereads[name] = Reread(lambda key: verifier.repair_key(spec, key), clock, max_age, config.precision)
+            rereads[name] = Reread(repair, clock, max_age, config.precision)
         return rereads[name]
 
     def heal(name: str, limit: int | None = None, budget: float | None = None) -> RedriveReport | None:

@@ -105,26 +105,32 @@ class ReplicationProcessor(RecordProcessorBase):
             log.warning("records after lease loss ignored")
             return
         try:
-            records = [self._raw(r) for r in process_records_input.records]
+            incoming = list(process_records_input.records)
             assert self.pipeline is not None and self.lanes is not None, "initialize was not called"
         except Exception:
-            log.critical("cannot read the batch; exiting so that nothing past it is checkpointed",
-                         exc_info=True)
-            self._exit(EXIT_ENGINE_BUG)
+            self._unreadable()
             return
         parked: BatchResult | None = None
-        parked_at = 0  # the index in `records` of the first record parked whole
+        rest: list[RawRecord] = []  # the records parked whole (an engine defect), from the first
         last: RawRecord | None = None
         stuck = False
         ahead: LaneBatch | None = None
-        for start in range(0, len(records), self.job_records):
+        for start in range(0, len(incoming), self.job_records):
+            # each job's records are read when it is prepared: a page's copy of its payloads is
+            # never held whole beside the daemon's message
+            job = self._read(incoming[start : start + self.job_records])
+            if job is None:
+                return
             try:
-                batch = self.lanes.submit(records[start : start + self.job_records])
+                batch = self.lanes.submit(job)
             except Exception as exc:  # an engine defect: park the rest of the batch whole rather than stall
                 log.critical("engine failed on a batch of %d records; parking them as poison",
-                             len(records) - start, exc_info=True)
-                parked_at = start
-                parked = self.pipeline.park_all(records[start:], f"engine failed on the batch ({type(exc).__name__})")
+                             len(incoming) - start, exc_info=True)
+                later = self._read(incoming[start + self.job_records :])
+                if later is None:
+                    return
+                rest = job + later
+                parked = self.pipeline.park_all(rest, f"engine failed on the batch ({type(exc).__name__})")
                 break
             if ahead is not None:  # one job prepared ahead while the lanes write the previous one
                 self.lanes.wait(ahead)
@@ -134,7 +140,7 @@ class ReplicationProcessor(RecordProcessorBase):
             self.lanes.wait(ahead)
         try:
             behind = process_records_input.millis_behind_latest
-            self.metrics.emit({"Shard": self.shard_id}, {"Records": len(records)},
+            self.metrics.emit({"Shard": self.shard_id}, {"Records": len(incoming)},
                               {"MillisBehindLatest": [float(behind)] if behind is not None else []})
             self.lanes.tick()
         except Exception:  # metrics never stop a shard
@@ -142,13 +148,24 @@ class ReplicationProcessor(RecordProcessorBase):
         last, stuck = self._settled(last, stuck)
         if parked is not None and not stuck and self.lanes.in_flight == 0 and parked.checkpoint_index >= 0:
             # the lanes hold nothing earlier: the parked records' settled prefix may be checkpointed
-            last = records[parked_at + parked.checkpoint_index]
+            last = rest[parked.checkpoint_index]
         if last is not None:
             self._checkpoint_at(process_records_input.checkpointer, last)
         if stuck:
-            self._unsettled(-1, len(records))
+            self._unsettled(-1, len(incoming))
         elif parked is not None and not parked.complete:
-            self._unsettled(parked_at + parked.checkpoint_index, len(records))
+            self._unsettled(len(incoming) - len(rest) + parked.checkpoint_index, len(incoming))
+
+    def _read(self, records: list[Any]) -> list[RawRecord] | None:
+        try:
+            return [self._raw(r) for r in records]
+        except Exception:
+            self._unreadable()
+            return None
+
+    def _unreadable(self) -> None:
+        log.critical("cannot read the batch; exiting so that nothing past it is checkpointed", exc_info=True)
+        self._exit(EXIT_ENGINE_BUG)
 
     def _settled(self, last: RawRecord | None, stuck: bool) -> tuple[RawRecord | None, bool]:
         """The last record settled everywhere so far (the lanes release what they hold for it)."""
