@@ -25,6 +25,7 @@ import boto3
 import botocore.session
 from botocore.config import Config as BotoConfig
 from botocore.credentials import AssumeRoleCredentialFetcher, DeferredRefreshableCredentials
+from botocore.exceptions import ProfileNotFound
 
 from kcl_app.adapters.clock import SystemClock
 from kcl_app.adapters.control import ControlTable, PausedTargets
@@ -102,18 +103,28 @@ def core_session() -> botocore.session.Session:
     return core
 
 
+def _boto3_session(core: botocore.session.Session | None = None, **kwargs: Any) -> boto3.Session:
+    session = boto3.Session(botocore_session=core or core_session(), **kwargs)
+    with _LOADER_LOCK:  # boto3 appends its own data path to the loader per session: keep it once
+        paths = _LOADER.search_paths
+        paths[:] = list(dict.fromkeys(paths))
+    return session
+
+
 def base_session() -> boto3.Session:
     """A session with the configured profile and default region. Raises botocore's ProfileNotFound."""
-    return boto3.Session(profile_name=_aws.profile, region_name=default_region(), botocore_session=core_session())
+    session = _boto3_session(profile_name=_aws.profile, region_name=default_region())
+    if _aws.profile and _aws.profile not in session.available_profiles:
+        raise ProfileNotFound(profile=_aws.profile)  # said now, not at the first call
+    return session
 
 
 def env_session(env: Mapping[str, str], region: str | None) -> boto3.Session:
     """A session from a child process's environment (the daemon's credentials and region), for
     the supervisor that runs beside it."""
-    return boto3.Session(aws_access_key_id=env.get("AWS_ACCESS_KEY_ID"),
-                         aws_secret_access_key=env.get("AWS_SECRET_ACCESS_KEY"),
-                         aws_session_token=env.get("AWS_SESSION_TOKEN"), region_name=region,
-                         botocore_session=core_session())
+    return _boto3_session(aws_access_key_id=env.get("AWS_ACCESS_KEY_ID"),
+                          aws_secret_access_key=env.get("AWS_SECRET_ACCESS_KEY"),
+                          aws_session_token=env.get("AWS_SESSION_TOKEN"), region_name=region)
 
 
 def call_timeouts(budget_seconds: float) -> tuple[float, float]:
@@ -168,7 +179,7 @@ def session_for(target: TargetConfig, base: boto3.Session | None = None) -> boto
     core._credentials = DeferredRefreshableCredentials(  # type: ignore[attr-defined]  # noqa: SLF001
         refresh_using=fetcher.fetch_credentials, method="assume-role"
     )
-    return boto3.Session(botocore_session=core, region_name=target.region)
+    return _boto3_session(core, region_name=target.region)
 
 
 def dynamodb_client(target: TargetConfig, session: boto3.Session | None = None) -> DynamoDBClient:

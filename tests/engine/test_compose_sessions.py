@@ -42,3 +42,30 @@ def test_targets_share_one_model_loader_and_each_still_writes_with_its_own_crede
     for n, r in regions.items():
         assert scan_all(boto3.client("dynamodb", region_name=r), f"copy-{n}") == {
             '{"pk":{"S":"k"}}': {"pk": {"S": "k"}, "v": {"N": "1"}}}
+
+
+def test_source_and_target_clients_share_the_loader_and_heals_build_no_client_until_needed(
+        clock, tmp_path, monkeypatch) -> None:
+    from kcl_app import compose
+    from kcl_app.adapters.lanes import LaneSettings
+
+    create_table(boto3.client("dynamodb", region_name="eu-west-1"), "copy-a")
+    config = parse({"targets": [{"name": "a", "source_table": "src", "region": "eu-west-1", "table": "copy-a",
+                                 "dead_letter": {"path": str(tmp_path / "dlq")}}]})
+    engine = build_engine(config, clock=clock, metrics=RecordingMetrics())
+    source = compose.source_dynamodb(config)
+    assert source._loader is engine.writers["a"].client._loader  # type: ignore[attr-defined]
+    assert compose.base_session()._session.get_component("data_loader") is source._loader
+
+    built: list[str] = []
+    real = compose.source_dynamodb
+    monkeypatch.setenv("TABLESYNC_LOCK_DIR", str(tmp_path / "locks"))
+    monkeypatch.setattr(compose, "source_dynamodb", lambda *a, **k: built.append("source") or real(*a, **k))
+    lanes = compose.build_lanes(config, engine.pipeline, engine.dead_letters, clock, RecordingMetrics(),
+                                LaneSettings(background_interval=3600.0))
+    lanes.tick()  # the first heal round of a healthy target: nothing parked, nothing to reread
+    heal = lanes.healing("a")
+    assert heal is not None
+    heal.join(timeout=30)
+    assert built == []
+    lanes.close()
