@@ -103,10 +103,12 @@ class DeadLetter:
         return digest.hexdigest()[:32]
 
     def reparked(self, reason: str, now: float, earlier: DeadLetter) -> DeadLetter:
-        """This entry as a further attempt of `earlier` (same change): its first time, one more attempt."""
+        """This entry as a further attempt of `earlier` (same change): its first time, one more attempt.
+        The first time is the earlier entry's, whatever the clocks: the process re-parking it may run
+        on a machine whose clock is behind the one that parked it first."""
         from dataclasses import replace
 
-        return replace(self, reason=reason, parked_at=now, first_parked_at=min(earlier.first_parked, self.first_parked),
+        return replace(self, reason=reason, parked_at=now, first_parked_at=earlier.first_parked,
                        attempts=max(earlier.attempts + 1, self.attempts))
 
     def to_json(self) -> dict[str, object]:

@@ -424,3 +424,13 @@ def test_an_entry_json_cannot_parse_is_skipped_not_raised(tmp_path, body) -> Non
     sink.park([letter("eu", 1)])
     assert [e.sequence_number for _, e in sink.read("eu")] == [f"{1:020d}"]
     assert [h for h, _ in sink.unreadable("eu")] == ["huge.json"]
+
+
+def test_a_re_park_keeps_the_first_time_even_from_a_machine_whose_clock_is_behind() -> None:
+    first = letter("eu", 1)
+    # the redrive that re-parks it runs where the clock reads 30 s earlier than the first park's
+    fresh = dataclasses.replace(first, parked_at=first.parked_at - 30, reason="still down")
+    again = fresh.reparked("still down", fresh.parked_at, first)
+    assert (again.first_parked, again.attempts, again.parked_at) == (first.parked_at, 2, first.parked_at - 30)
+    third = again.reparked("still down", again.parked_at + 5, again)
+    assert (third.first_parked, third.attempts) == (first.parked_at, 3)
