@@ -11,7 +11,7 @@ test: setup
 	.venv/bin/ruff check kcl_app tablesync_local tests bench
 	.venv/bin/mypy
 	.venv/bin/lint-imports
-	.venv/bin/pytest -q
+	.venv/bin/pytest -q -n 2 --dist worksteal
 
 bench: setup
 	.venv/bin/python bench/apply.py

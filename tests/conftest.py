@@ -17,6 +17,13 @@ os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
 os.environ["AWS_ACCOUNT_ID_ENDPOINT_MODE"] = "disabled"
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The real-daemon tests first (in their own order), then the rest: they are the longest (30-90 s
+    each, mostly waiting on the KCL's timings), so on two workers (`make test`) they start at once
+    and the quick tests fill the gaps, instead of one long test ending the run alone."""
+    items.sort(key=lambda item: item.get_closest_marker("daemon") is None)
+
+
 class FakeClock:
     """A clock that advances when slept on: retries and budgets without real waiting."""
 
