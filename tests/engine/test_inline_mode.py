@@ -33,6 +33,9 @@ from tests.support.tables import create_table, normalise_all, scan_all
 
 VERSION_ATTR = "_v"
 
+# every dead-letter folder of this module lives here, removed when the run ends
+_SCRATCH = tempfile.TemporaryDirectory(prefix="ts-test-")
+
 
 class Calls:
     """A DynamoDB client that records the name of every write call it forwards to the real (moto) client."""
@@ -61,16 +64,16 @@ def inline_pipeline(clock: Any, record: bool = False) -> tuple[Pipeline, Any, st
     writer = InlineWriter("t", writes, table, clock, VERSION_ATTR, backoff=Backoff(rng=random.Random(1)),
                           max_concurrency=4, tombstone_table=f"{table}.tombstones")
     if record:
-        return (Pipeline([TargetRule("t", "src")], {"t": writer}, DirectoryDeadLetters(tempfile.mkdtemp()),
-                         RecordingMetrics(), clock), writes, table)
-    sink = DirectoryDeadLetters(tempfile.mkdtemp(prefix="ts-inline-dl-"))
+        sink = DirectoryDeadLetters(tempfile.mkdtemp(dir=_SCRATCH.name))
+        return Pipeline([TargetRule("t", "src")], {"t": writer}, sink, RecordingMetrics(), clock), writes, table
+    sink = DirectoryDeadLetters(tempfile.mkdtemp(prefix="ts-inline-dl-", dir=_SCRATCH.name))
     return Pipeline([TargetRule("t", "src")], {"t": writer}, sink, RecordingMetrics(), clock), client, table
 
 
 def exact_pipeline(clock: Any) -> tuple[Pipeline, Any, str]:
     target = ledger_targets(clock, regions={"t": "eu-west-2"}, table="exact-{suffix}",
                             ledger="exact-ledger-{suffix}")["t"]
-    sink = DirectoryDeadLetters(tempfile.mkdtemp(prefix="ts-exact-dl-"))
+    sink = DirectoryDeadLetters(tempfile.mkdtemp(prefix="ts-exact-dl-", dir=_SCRATCH.name))
     pipeline = Pipeline([TargetRule("t", "src")], {"t": target.writer}, sink, RecordingMetrics(), clock)
     return pipeline, target.client, target.table
 

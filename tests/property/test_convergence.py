@@ -32,6 +32,9 @@ from tests.support.harness import TARGET_REGIONS, inline_targets, ledger_targets
 from tests.support.source_sim import SourceSim
 from tests.support.tables import create_table, normalise_all, scan_all
 
+# every dead-letter folder of this module lives here, removed when the run ends
+_SCRATCH = tempfile.TemporaryDirectory(prefix="ts-test-")
+
 
 class OutageWriter:
     """Wraps a writer; while `down` is set every write fails as it would during an outage."""
@@ -64,7 +67,7 @@ def run_fenced(sim: SourceSim, plan: list[tuple[int, list[int], bool]], clock, m
     targets: dict[str, Any] = ledger_targets(clock) if mode == "exact" else inline_targets(clock)
     writers = {name: OutageWriter(t.writer) for name, t in targets.items()}
     rules = [TargetRule(name, "source") for name in writers]
-    sink = DirectoryDeadLetters(tempfile.mkdtemp(prefix="ts-dlq-"))
+    sink = DirectoryDeadLetters(tempfile.mkdtemp(prefix="ts-dlq-", dir=_SCRATCH.name))
     raws = [RawRecord(d, str(i).zfill(20)) for i, d in enumerate(sim.records)]
     # two shard processes: two independent pipelines over the same targets
     shards = [Pipeline(rules, writers, sink, RecordingMetrics(), clock) for _ in range(2)]
