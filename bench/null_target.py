@@ -23,6 +23,9 @@ BODY = b"{}"
 
 class NullHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive, as botocore's connection pool expects
+    # the answer is written in two sends (headers, body): without TCP_NODELAY the body waits for the
+    # client's delayed ACK of the headers (~40 ms on Linux), a stall no DynamoDB endpoint has
+    disable_nagle_algorithm = True
     delay_s = 0.0  # the simulated round trip, set by serve()
 
     def do_POST(self) -> None:  # noqa: N802 - the http.server naming convention
