@@ -32,11 +32,12 @@ Contract (what the record processor relies on), in numbered steps:
 7. A target's write-rate cap (`max_writes_per_second`) is a token bucket in its lane: the lane
    waits before a job whose writes exceed it; the other lanes do not.
 8. Self-healing: when a target comes back after being open (its probe succeeded), and while it is
-   healthy (every `heal_interval` seconds, or `heal_retry` after a round that found entries or did
-   not get the turn; never while it is failing: a slow target gets no replay on top of its
-   traffic), `heal(target)` is started on a background thread (one per target at a time) from
-   `tick()`: it re-applies the target's parked entries at a bounded rate (see
-   `kcl_app.redrive.auto_redrive`, which decides which process drains which entries).
+   not open (every `heal_interval` seconds, or `heal_retry` after a round that found entries or did
+   not get the turn), `heal(target)` is started on a background thread (one per target at a time)
+   from `tick()`: it re-applies the target's parked entries at a bounded rate (see
+   `kcl_app.redrive.auto_redrive`, which decides which process drains which entries). A target
+   that recovers is busy (its live changes and its backlog) and may read as failing meanwhile: its
+   heal must go on then, or it never catches up while the traffic lasts.
 9. Background duties (a thread, once a second, no traffic needed): heals as in 8, the state
    metrics, and the probe of an open target whose probe is due, made with up to `probe_entries` of
    its own parked changes (replayed through the fenced path): settled -> healthy; failing -> open.
@@ -298,7 +299,7 @@ class Lanes:
         open ones, emit the per-target state metrics."""
         now = self.clock.monotonic()
         for name, health in self.health.items():
-            if health.state == "healthy" and not health.paused and now >= self._heal_due[name]:
+            if health.state in ("healthy", "failing") and not health.paused and now >= self._heal_due[name]:
                 self._start_heal(name)
             elif health.state == "open" and not health.paused and now >= health.next_probe:
                 self._start_probe(name)
