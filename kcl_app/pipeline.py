@@ -69,6 +69,7 @@ class Prepared:
     result: BatchResult
     plans: dict[str, TargetPlan]
     unsettled: set[int]
+    sink: DeadLetterSink | None = None  # where this batch parks (None: the pipeline's own store)
 
 
 class Pipeline:
@@ -110,10 +111,12 @@ class Pipeline:
         self._pool.shutdown(wait=True)
 
     def process(self, records: Sequence[RawRecord], only: Iterable[str] | None = None,
-                budget: float | None = None) -> BatchResult:
+                budget: float | None = None, sink: DeadLetterSink | None = None) -> BatchResult:
         """Apply a batch to every target (or to the targets named in `only`, for redrive), waiting for
-        each. `budget` caps every target's retry budget (a probe of a target that may still be down)."""
-        prepared = self.prepare(records, only)
+        each. `budget` caps every target's retry budget (a probe of a target that may still be down);
+        `sink` parks this batch's failures there instead of the pipeline's store (a redrive's wrapper,
+        while the stream's own batches keep parking into the store, on the same pipeline)."""
+        prepared = self.prepare(records, only, sink)
         # 4-5 apply to every target concurrently, each within its own retry budget; park what fails
         start = self.clock.monotonic()
         futures = {name: self._pool.submit(self.settle_target, prepared, name,
@@ -125,7 +128,8 @@ class Pipeline:
         return self.finish(prepared)
 
 
-    def prepare(self, records: Sequence[RawRecord], only: Iterable[str] | None = None) -> Prepared:
+    def prepare(self, records: Sequence[RawRecord], only: Iterable[str] | None = None,
+                sink: DeadLetterSink | None = None) -> Prepared:
         """Steps 1-3: decode, route, park what is poison or unmapped, plan per target."""
         rules = self.rules if only is None else [r for r in self.rules if r.name in set(only)]
         result = BatchResult(len(records), -1, {r.name: TargetCounts() for r in rules})
@@ -152,7 +156,7 @@ class Pipeline:
                 continue
             changes.append((index, change))
         result.poison = len(poison)
-        stuck = self._park(poison + unmapped)  # a failure is logged there, once
+        stuck = self._park(poison + unmapped, sink=sink)  # a failure is logged there, once
         unsettled |= stuck
         if poison and not stuck:
             log.error("parked %d undecodable records, first: %s", len(poison), poison[0][1].reason)
@@ -170,8 +174,8 @@ class Pipeline:
             unplanned = [(i, self._letter(POISON_STORE, f"cannot plan the change ({why})", c.raw, c))
                          for i, c, why in bad]
             result.poison += len(unplanned)
-            unsettled |= self._park(unplanned)
-        return Prepared(records, result, plans, unsettled)
+            unsettled |= self._park(unplanned, sink=sink)
+        return Prepared(records, result, plans, unsettled, sink)
 
     def finish(self, prepared: Prepared) -> BatchResult:
         """6 the checkpoint: the last record with everything up to it settled; 7 the stream's metrics."""
@@ -212,7 +216,7 @@ class Pipeline:
             log.warning("target %s: parking %d changes: %s", name, len(letters), summary)
         counts.parked = len(letters)
         flat = [(i, letter) for idx, letter in letters for i in idx]
-        unsettled = self._park(flat, dedupe=True)
+        unsettled = self._park(flat, dedupe=True, sink=prepared.sink)
         with self._lock:
             prepared.unsettled |= unsettled
 
@@ -266,8 +270,11 @@ class Pipeline:
             version=change.version.token() if change else "",
         )
 
-    def _park(self, letters: Sequence[tuple[int, DeadLetter]], dedupe: bool = False) -> set[int]:
-        """Park durably; returns the record indexes that could NOT be parked (empty on success)."""
+    def _park(self, letters: Sequence[tuple[int, DeadLetter]], dedupe: bool = False,
+              sink: DeadLetterSink | None = None) -> set[int]:
+        """Park durably (into `sink`, else the pipeline's store); returns the record indexes that
+        could NOT be parked (empty on success)."""
+        store = sink if sink is not None else self.dead_letters
         if not letters:
             return set()
         unique: list[DeadLetter] = []
@@ -278,7 +285,7 @@ class Pipeline:
             seen.add(id(letter))
             unique.append(letter)
         try:
-            until(self.clock, self.clock.monotonic() + 10.0, lambda: self.dead_letters.park(unique),
+            until(self.clock, self.clock.monotonic() + 10.0, lambda: store.park(unique),
                   lambda exc: ErrorInfo("ParkFailed", 0, str(exc)), backoff=self.backoff, retry_on=WRITES,
                   exceptions=(ParkFailed,))
             return set()

@@ -201,19 +201,10 @@ def redrive(pipeline: Pipeline, sink: DeadLetterSink, target: str, batch_size: i
 
 def _process(pipeline: Pipeline, sink: _Attempts, records: list[RawRecord], only: list[str] | None,
              budget: float | None = None) -> BatchResult:
-    """`pipeline.process`, parking into `sink` (the pipeline's own sink, wrapped) for this batch.
-
-    The pipeline's port is swapped for the batch and given back after it: a redrive runs on a
-    pipeline of its own (the command builds one), not on one a stream worker is using meanwhile."""
-    own = getattr(pipeline, "dead_letters", None)
-    if own is None or own is sink:
-        return pipeline.process(records, only=only, budget=budget)
-    pipeline.dead_letters = sink
-    try:
-        return pipeline.process(records, only=only, budget=budget)
-    finally:
-        if pipeline.dead_letters is sink:
-            pipeline.dead_letters = own
+    """`pipeline.process`, parking this batch into `sink` (the pipeline's own store, wrapped). The
+    pipeline itself is not changed: the self-healing replays on the stream worker's own pipeline,
+    whose live batches keep parking into the store meanwhile."""
+    return pipeline.process(records, only=only, budget=budget, sink=sink)
 
 
 # ----------------------------------------------------------------------------- dry run

@@ -441,3 +441,26 @@ def test_an_engine_defect_on_a_later_job_parks_the_rest_of_the_batch_and_keeps_t
     assert {e.reason for e in poison} == {"engine failed on the batch (RuntimeError)"}
     assert daemon.checkpoints() == ["00005", None]  # everything settled: applied or parked
     assert stack.exits == []
+
+
+def test_a_heal_leaves_the_stream_pipeline_parking_into_its_own_store(clock, tmp_path) -> None:
+    # the self-healing replays on the stream worker's own pipeline: a redrive batch must park into its
+    # wrapper without swapping the pipeline's store (two heals at once used to leave a wrapper behind)
+    stack = Stack(clock, tmp_path)
+    b = stack.targets["b"]
+    b.mode = "down"
+    stack.run([stack.batch(), {"action": "shardEnded"}])  # b's budget spent: 3 changes parked
+    own = stack.pipeline.dead_letters
+    seen: list[Any] = []
+    apply = b.apply
+
+    def during_the_heal(writes: Any, deadline: float) -> ApplyResult:
+        seen.append(stack.pipeline.dead_letters)  # what a live batch would park into right now
+        return apply(writes, deadline)
+
+    b.apply = during_the_heal  # type: ignore[method-assign]
+    report = stack.heal("b")  # b still down: the entries are parked again
+    assert report is not None and report.read == 3 and report.reparked == 3
+    assert seen and all(sink is own for sink in seen)
+    assert stack.pipeline.dead_letters is own
+    assert sorted(e.attempts for _, e in stack.sink.read("b")) == [2, 2, 2]
