@@ -316,31 +316,27 @@ class Lanes:
                 log.warning("target %s: state metrics not emitted", name, exc_info=True)
 
     def _start_heal(self, name: str) -> None:
-        if self.heal is None:
-            return
-        with self._lock:
-            running = self._healing.get(name)
-            if running is not None and running.is_alive():
-                return
+        def claim() -> bool:
             self._heal_due[name] = self.clock.monotonic() + self.settings.heal_interval
-            heal = self.heal
-            thread = threading.Thread(target=self._heal_one, args=(heal, name), name=f"ts-heal-{name}",
-                                      daemon=True)
-            self._healing[name] = thread
-        thread.start()
+            return True
+
+        self._start_duty(name, "heal", self._heal_one, claim)
 
     def _start_probe(self, name: str) -> None:
         """Probe an open target with a few of its own parked changes (no live traffic is needed)."""
+        self._start_duty(name, "probe", self._probe_one, lambda: self.health[name].admit() == "probe")
+
+    def _start_duty(self, name: str, kind: str, work: Callable[[Callable[..., object], str], None],
+                    claim: Callable[[], bool]) -> None:
+        """Run `work(heal, name)` on a thread of its own: one heal or probe per target at a time, and
+        only if `claim()` (asked under the lock, once none is running) agrees."""
         if self.heal is None:
             return
         with self._lock:
             running = self._healing.get(name)
-            if running is not None and running.is_alive():
+            if running is not None and running.is_alive() or not claim():
                 return
-            if self.health[name].admit() != "probe":
-                return
-            thread = threading.Thread(target=self._probe_one, args=(self.heal, name), name=f"ts-probe-{name}",
-                                      daemon=True)
+            thread = threading.Thread(target=work, args=(self.heal, name), name=f"ts-{kind}-{name}", daemon=True)
             self._healing[name] = thread
         thread.start()
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import io
-import json
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -27,6 +26,7 @@ from kcl_app.core.plan import TargetRule, Write
 from kcl_app.pipeline import Pipeline
 from kcl_app.ports import ApplyResult
 from kcl_app.redrive import auto_redrive
+from tests.support.daemon_side import ScriptedDaemon
 from tests.support.source_sim import SourceSim
 
 
@@ -77,47 +77,6 @@ class FakeTarget:
         return result
 
 
-class Daemon:
-    """The daemon's side: scripted messages (a callable is run when reached: a step between two
-    messages), and an answer to every checkpoint the processor sends."""
-
-    def __init__(self, script: list[dict[str, Any] | Callable[[], object]]) -> None:
-        self.script = list(script)
-        self.pending: list[str] = []
-        self.sent: list[dict[str, Any]] = []
-        self._partial = ""
-
-    def write(self, text: str) -> int:
-        self._partial += text
-        *lines, self._partial = self._partial.split("\n")
-        for line in lines:
-            if line.strip():
-                msg = json.loads(line)
-                self.sent.append(msg)
-                if msg["action"] == "checkpoint":
-                    self.pending.append(json.dumps({"action": "checkpoint", "sequenceNumber": msg["sequenceNumber"],
-                                                    "subSequenceNumber": msg["subSequenceNumber"],
-                                                    "error": None}) + "\n")
-        return len(text)
-
-    def flush(self) -> None:
-        pass
-
-    def readline(self) -> str:
-        if self.pending:
-            return self.pending.pop(0)
-        while self.script:
-            step = self.script.pop(0)
-            if callable(step):
-                step()
-                continue
-            return json.dumps(step) + "\n"
-        return ""
-
-    def checkpoints(self) -> list[str | None]:
-        return [m["sequenceNumber"] for m in self.sent if m["action"] == "checkpoint"]
-
-
 class Stack:
     def __init__(self, clock: Any, tmp_path: Path, *, patience: float | None = None, max_backlog: int = 10_000,
                  paused: set[str] | None = None, background: float = 3600.0) -> None:
@@ -138,7 +97,7 @@ class Stack:
         self.job_records = 1_000
         self.healing = True  # False: no self-healing (a test that counts every call a target gets)
         self.exits: list[int] = []
-        self.daemon = Daemon([])
+        self.daemon = ScriptedDaemon([])
 
     def heal(self, name: str, limit: int | None = None, budget: float | None = None) -> Any:
         return auto_redrive(self.pipeline, self.sink, name, clock=self.clock, rate=1000.0, lock_dir=self.lock_dir,
@@ -163,8 +122,8 @@ class Stack:
                             "partitionKey": "p", "approximateArrivalTimestamp": int(self.clock.now() * 1000)})
         return {"action": "processRecords", "records": records, "millisBehindLatest": 0}
 
-    def run(self, script: list[dict[str, Any] | Callable[[], object]]) -> Daemon:
-        daemon = Daemon([{"action": "initialize", "shardId": "shardId-000000000001",
+    def run(self, script: list[dict[str, Any] | Callable[[], object]]) -> ScriptedDaemon:
+        daemon = ScriptedDaemon([{"action": "initialize", "shardId": "shardId-000000000001",
                           "sequenceNumber": "TRIM_HORIZON", "subSequenceNumber": 0}, *script])
         self.daemon = daemon  # a step of the script may read what was sent so far
         errors = io.StringIO()

@@ -35,6 +35,7 @@ from kcl_app.core.records import RawRecord
 from kcl_app.pipeline import Pipeline
 from kcl_app.ports import ApplyResult, DeadLetter
 from tests.conftest import FakeClock
+from tests.support.daemon_side import ScriptedDaemon
 
 SEED = 20_261_201
 RECORDS = 10_400
@@ -513,37 +514,6 @@ def foreign(payload: bytes | str) -> bool:
 # -- the conversation with the processor, as the daemon holds it ---------------------------------
 
 
-class Daemon:
-    """The daemon's side: scripted messages, and an answer to every checkpoint the processor sends."""
-
-    def __init__(self, messages: list[dict[str, Any]]) -> None:
-        self.script = [json.dumps(m) + "\n" for m in messages]
-        self.pending: list[str] = []
-        self.sent: list[dict[str, Any]] = []
-        self._partial = ""
-
-    def write(self, text: str) -> int:
-        self._partial += text
-        *lines, self._partial = self._partial.split("\n")
-        for line in lines:
-            if line.strip():
-                msg = json.loads(line)
-                self.sent.append(msg)
-                if msg["action"] == "checkpoint":
-                    answer = {"action": "checkpoint", "sequenceNumber": msg["sequenceNumber"],
-                              "subSequenceNumber": msg["subSequenceNumber"], "error": None}
-                    self.pending.append(json.dumps(answer) + "\n")
-        return len(text)
-
-    def flush(self) -> None:
-        pass
-
-    def readline(self) -> str:
-        if self.pending:
-            return self.pending.pop(0)
-        return self.script.pop(0) if self.script else ""
-
-
 def test_ten_thousand_mutated_records_are_each_applied_skipped_or_parked(monkeypatch: Any) -> None:
     payloads = generate(SEED, RECORDS)
     seqs = [f"{i + 1:020d}" for i in range(len(payloads))]
@@ -574,7 +544,7 @@ def test_ten_thousand_mutated_records_are_each_applied_skipped_or_parked(monkeyp
                          "records": [msg(p, s) for p, s in zip(payloads[start:start + BATCH],
                                                                seqs[start:start + BATCH], strict=True)]})
     messages.append({"action": "shardEnded"})
-    daemon, errors = Daemon(messages), io.StringIO()
+    daemon, errors = ScriptedDaemon(list(messages)), io.StringIO()
     try:
         kcl.KCLProcess(processor, input_file=daemon, output_file=daemon, error_file=errors).run()
     finally:
