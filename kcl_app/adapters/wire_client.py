@@ -5,9 +5,11 @@ binary value, and resolves its endpoint through the endpoint rule set, once per 
 writes (TransactWriteItems, PutItem, DeleteItem) none of that is needed: the writers build their
 requests from validated records, whose values are already DynamoDB JSON except for binaries.
 
-`encode_body` turns a request (the same dict a botocore call takes) into the JSON body with the C
-JSON encoder; binary values decoded from a record (`attrs.WireBytes`) are written back as the base64
-text they arrived as, other bytes are base64-encoded. `WireSender` then:
+`encode_body` turns a request (the same dict a botocore call takes) into the JSON body with orjson
+(UTF-8, the same document as botocore's ASCII-escaped text); binary values decoded from a record
+(`attrs.WireBytes`) are written back as the base64 text they arrived as, other bytes are base64-encoded.
+A value JSON cannot carry (a lone surrogate, an integer beyond 64 bits, a key that is not a string)
+raises TypeError: the writers treat it as an invalid request and isolate the write that holds it. `WireSender` then:
 
 * takes its endpoint, region, signer, credentials and HTTP session from a botocore DynamoDB client
   built by the composition root: `endpoint_url`, the region, the credential chain (assumed roles
@@ -27,12 +29,12 @@ Everything else (reads, tables, waiters) goes through the botocore client.
 from __future__ import annotations
 
 import base64
-import json
 import logging
 import zlib
 from collections.abc import Mapping
 from typing import Any
 
+import orjson
 from botocore.awsrequest import AWSRequest
 from botocore.client import BaseClient
 from botocore.exceptions import ChecksumError, ClientError
@@ -44,7 +46,6 @@ log = logging.getLogger("tablesync.wire")
 TARGET_PREFIX = "DynamoDB_20120810."
 CONTENT_TYPE = "application/x-amz-json-1.0"
 OPERATIONS = ("TransactWriteItems", "PutItem", "DeleteItem")
-_ENCODER = json.JSONEncoder(separators=(",", ":"), default=lambda o: _binary_or_set(o))
 
 
 def _binary_or_set(value: Any) -> Any:
@@ -59,7 +60,10 @@ def _binary_or_set(value: Any) -> Any:
 
 def encode_body(params: Mapping[str, Any]) -> bytes:
     """The JSON body of a DynamoDB request with `params` (the keyword arguments of the botocore call)."""
-    return _ENCODER.encode(params).encode("ascii")  # ensure_ascii: the text is ASCII, as botocore's
+    try:
+        return orjson.dumps(params, default=_binary_or_set)
+    except orjson.JSONEncodeError as exc:  # a TypeError; say what was refused, ours or orjson's own words
+        raise TypeError(str(exc.__cause__ or exc)) from exc
 
 
 class WireSender:
@@ -136,8 +140,8 @@ def parse(operation: str, status: int, headers: Mapping[str, str], content: byte
     document: Any = None
     if content:
         try:
-            document = json.loads(content)
-        except ValueError:
+            document = orjson.loads(content)
+        except orjson.JSONDecodeError:
             document = None
     metadata = {"RequestId": headers.get("x-amzn-RequestId", ""), "HTTPStatusCode": status,
                 "HTTPHeaders": dict(headers), "RetryAttempts": 0}

@@ -20,6 +20,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import orjson
+
 from kcl_app.core.attrs import Item, item_from_wire, key_id
 from kcl_app.core.checks import DEFAULT_CHECKS, RecordChecks, check_key, check_provenance, check_version
 from kcl_app.core.errors import PoisonRecord
@@ -94,8 +96,20 @@ def decode(raw: RawRecord, precision: Precision = "auto", checks: RecordChecks =
         raise PoisonRecord(f"malformed record ({type(exc).__name__})") from exc
 
 
-def _decode(raw: RawRecord, precision: Precision, checks: RecordChecks, now_millis: float | None) -> Change:
-    data = raw.data
+def _parse(data: bytes) -> Any:
+    """The record's JSON document. orjson (strict RFC 8259 over UTF-8, 3-5x the stdlib's speed) reads
+    every record the destination writes; what it refuses is read again by the stdlib (`_lenient`), so
+    that the outcome and the reason are the same as they always were: a `NaN`, an `Infinity` or a
+    400-digit timestamp is parsed and then refused by the version check, which names the field.
+    orjson reads an integer beyond 64 bits as a double: only a version can hold one, and any such
+    version is refused as far in the future either way."""
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return _lenient(data)
+
+
+def _lenient(data: bytes) -> Any:
     try:
         doc = json.loads(data.decode("utf-8"))  # the destination writes UTF-8 JSON
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -104,13 +118,18 @@ def _decode(raw: RawRecord, precision: Precision, checks: RecordChecks, now_mill
         raise PoisonRecord("not JSON: a number literal is too long") from exc
     except RecursionError as exc:
         raise PoisonRecord("not JSON: nested too deeply") from exc
-    if not isinstance(doc, dict):
-        raise PoisonRecord("not a JSON object")
     if b"\\" in data and _SURROGATE.search(data):  # an escaped surrogate: valid only as a pair
         try:
             json.dumps(doc, ensure_ascii=False).encode("utf-8")
         except UnicodeEncodeError as exc:
             raise PoisonRecord("a string holds a lone surrogate (not UTF-8)") from exc
+    return doc
+
+
+def _decode(raw: RawRecord, precision: Precision, checks: RecordChecks, now_millis: float | None) -> Change:
+    doc = _parse(raw.data)
+    if not isinstance(doc, dict):
+        raise PoisonRecord("not a JSON object")
     try:
         check_provenance(doc, checks)
     except ValueError as exc:

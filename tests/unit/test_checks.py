@@ -105,6 +105,20 @@ def test_non_numbers_and_overflowing_literals_are_poison(literal: bytes) -> None
     assert reason(text)
 
 
+@pytest.mark.parametrize("literal", [b"18446744073709551621", b"-9223372036854775813", b"1" + b"0" * 300])
+def test_integers_beyond_64_bits_are_refused_by_the_version_check(literal: bytes) -> None:
+    # the fast parser reads them as doubles, the stdlib as integers: refused the same way, naming the field
+    text = json.dumps(doc()).encode().replace(str(STAMP_US).encode(), literal)
+    assert "ApproximateCreationDateTime" in reason(text)
+
+
+def test_what_only_strict_json_refuses_is_read_and_judged_as_before() -> None:
+    # NaN elsewhere than in the version: the stdlib reads it (as it always did); the record is kept
+    text = json.dumps(doc(dynamodb__SizeBytes=float("nan"))).encode()
+    assert b"NaN" in text
+    assert decode(record(text), checks=SCHEMA).size_bytes == 0
+
+
 def test_without_an_arrival_time_now_bounds_the_version() -> None:
     d = doc(dynamodb__ApproximateCreationDateTime=STAMP_US + 3600 * 10**6)
     decode(record(d, arrival=None), checks=SCHEMA)  # no bound at all when nothing is known
