@@ -15,8 +15,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from amazon_kclpy import kcl
-
+from kcl_app.adapters.daemon_io import kcl_process
 from kcl_app.adapters.dead_letters import DirectoryDeadLetters
 from kcl_app.adapters.lanes import Lanes, LaneSettings
 from kcl_app.adapters.metrics import RecordingMetrics
@@ -127,7 +126,7 @@ class Stack:
                           "sequenceNumber": "TRIM_HORIZON", "subSequenceNumber": 0}, *script])
         self.daemon = daemon  # a step of the script may read what was sent so far
         errors = io.StringIO()
-        kcl.KCLProcess(self.processor(), input_file=daemon, output_file=daemon, error_file=errors).run()
+        kcl_process(self.processor(), input_file=daemon, output_file=daemon, error_file=errors).run()
         assert "Caught exception" not in errors.getvalue(), errors.getvalue()
         return daemon
 

@@ -1,6 +1,6 @@
 """The record path is a total function: 10,400 mutated destination records through the real processor.
 
-Deterministic (fixed seed), in amazon-kclpy's real protocol loop (`KCLProcess` with input/output
+Deterministic (fixed seed), in amazon-kclpy's real protocol loop (`KCLProcess`, as the worker runs it, with input/output
 files), with the real Pipeline and its checks, into fake targets that refuse what DynamoDB refuses
 and keep a version fence like the real writers. Per record it asserts: applied (or superseded) in
 every target it is routed to, skipped by rule, or parked with a non-empty reason. Overall: no
@@ -23,9 +23,8 @@ from collections.abc import Iterator, Sequence
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from amazon_kclpy import kcl
-
 from kcl_app import pipeline as pipeline_mod
+from kcl_app.adapters.daemon_io import kcl_process
 from kcl_app.adapters.metrics import RecordingMetrics
 from kcl_app.adapters.processor import ReplicationProcessor
 from kcl_app.core.checks import KeySchema, RecordChecks
@@ -546,7 +545,7 @@ def test_ten_thousand_mutated_records_are_each_applied_skipped_or_parked(monkeyp
     messages.append({"action": "shardEnded"})
     daemon, errors = ScriptedDaemon(list(messages)), io.StringIO()
     try:
-        kcl.KCLProcess(processor, input_file=daemon, output_file=daemon, error_file=errors).run()
+        kcl_process(processor, input_file=daemon, output_file=daemon, error_file=errors).run()
     finally:
         pipeline.close()
 

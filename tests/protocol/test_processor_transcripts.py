@@ -12,8 +12,8 @@ import json
 
 import boto3
 import pytest
-from amazon_kclpy import kcl
 
+from kcl_app.adapters.daemon_io import kcl_process
 from kcl_app.adapters.dead_letters import DirectoryDeadLetters
 from kcl_app.adapters.metrics import RecordingMetrics
 from kcl_app.adapters.processor import EXIT_UNSETTLED, ReplicationProcessor
@@ -64,7 +64,7 @@ def engine(clock, tmp_path):
 
 def run(processor, messages) -> list[dict]:
     out, err = io.StringIO(), io.StringIO()
-    kcl.KCLProcess(processor, input_file=transcript(*messages), output_file=out, error_file=err).run()
+    kcl_process(processor, input_file=transcript(*messages), output_file=out, error_file=err).run()
     assert "Caught exception" not in err.getvalue(), err.getvalue()
     return sent(out)
 
