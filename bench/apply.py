@@ -65,6 +65,7 @@ def run_tablesync(endpoint: str, records: list[Any], targets: int, rtt: float, b
     from kcl_app.adapters.metrics import RecordingMetrics
     from kcl_app.compose import boto_config, build_engine
     from kcl_app.config import parse
+    from kcl_app.worker import settle_heap
 
     specs = []
     clients = {}
@@ -84,6 +85,7 @@ def run_tablesync(endpoint: str, records: list[Any], targets: int, rtt: float, b
                       "dead_letter": {"path": tempfile.mkdtemp(prefix="bench-dlq-")}})
     engine = build_engine(parse({"targets": specs}), clock=SystemClock(), metrics=RecordingMetrics(),
                           clients=clients, prepare=storage)
+    settle_heap()  # as the shard process does once its engine is built (kcl_app.worker)
     applied = 0
     cpu0, wall0 = time.process_time(), time.perf_counter()
     for start in range(0, len(records), batch):
