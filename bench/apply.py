@@ -83,7 +83,9 @@ def run_tablesync(endpoint: str, records: list[Any], targets: int, rtt: float, b
         specs.append({"name": name, "source_table": "bench-source", "region": REGIONS[i], "table": table,
                       "endpoint_url": endpoint, "max_concurrency": concurrency,
                       "dead_letter": {"path": tempfile.mkdtemp(prefix="bench-dlq-")}})
-    engine = build_engine(parse({"targets": specs}), clock=SystemClock(), metrics=RecordingMetrics(),
+    # the source's key schema, as a shard process always has it (learned at start, or configured)
+    cfg = parse({"source": {"key_schema": {"bench-source": ["pk:S"]}}, "targets": specs})
+    engine = build_engine(cfg, clock=SystemClock(), metrics=RecordingMetrics(),
                           clients=clients, prepare=storage)
     settle_heap()  # as the shard process does once its engine is built (kcl_app.worker)
     applied = 0

@@ -92,17 +92,24 @@ def ensure_ledger(client: Any, table: str) -> bool:
     return True
 
 
-def condition(guard: Guard, version: Version) -> tuple[str, dict[str, str], dict[str, Any]]:
-    """(ConditionExpression, names, values) of the ledger Put for `guard` writing `version`."""
+_NEWER_THAN_SEEN = "attribute_not_exists(#v) OR #v < :v"
+_USED_NAMES = {expr: {k: v for k, v in _NAMES.items() if k in expr}  # DynamoDB refuses unused names
+               for expr in (_NEWER_THAN_SEEN, "attribute_not_exists(#k)", "attribute_not_exists(#v)", "#v = :seen")}
+
+
+def condition(guard: Guard, version: Version, token: str | None = None) -> tuple[str, dict[str, str], dict[str, Any]]:
+    """(ConditionExpression, names, values) of the ledger Put for `guard` writing `version` (whose
+    token the caller may have at hand). The names dict is shared: it is only ever serialised."""
     if isinstance(guard, NewerThanSeen):
-        expr, values = "attribute_not_exists(#v) OR #v < :v", {":v": {"S": version.token()}}
-    elif isinstance(guard, NeverSeen):
-        expr, values = "attribute_not_exists(#k)", {}
+        return _NEWER_THAN_SEEN, _USED_NAMES[_NEWER_THAN_SEEN], {":v": {"S": token or version.token()}}
+    values: dict[str, Any] = {}
+    if isinstance(guard, NeverSeen):
+        expr = "attribute_not_exists(#k)"
     elif guard.seen is None:
-        expr, values = "attribute_not_exists(#v)", {}
+        expr = "attribute_not_exists(#v)"
     else:
         expr, values = "#v = :seen", {":seen": {"S": guard.seen.token()}}
-    return expr, {k: v for k, v in _NAMES.items() if k in expr}, values  # DynamoDB refuses unused names
+    return expr, _USED_NAMES[expr], values
 
 
 class LedgerWriter:
@@ -170,7 +177,7 @@ class LedgerWriter:
         }
         if write.is_delete:
             row[LEDGER_EXPIRES] = {"N": str(int(self.clock.now() + self.tombstone_ttl_seconds))}
-        expr, names, values = condition(guard, write.version)
+        expr, names, values = condition(guard, write.version, token)
         put: dict[str, Any] = {"TableName": self.ledger_table, "Item": row, "ConditionExpression": expr,
                                "ExpressionAttributeNames": names, "ReturnValuesOnConditionCheckFailure": "ALL_OLD"}
         if values:

@@ -109,6 +109,9 @@ def _from_wire(value: Any, depth: int = 1) -> AttributeValue:
         for name, member in inner.items():
             if not name:
                 raise _Malformed("attribute names must not be empty")
+            if type(member) is dict and len(member) == 1 and type(member.get("S")) is str:
+                members[name] = member
+                continue
             try:
                 members[name] = _from_wire(member, depth + 1)
             except _Malformed as bad:
@@ -198,6 +201,9 @@ def item_from_wire(image: Any, where: str = "image") -> Item:
     for name, value in image.items():
         if not name:
             raise ValueError(f"{where}: attribute names must not be empty")
+        if type(value) is dict and len(value) == 1 and type(value.get("S")) is str:
+            out[name] = value  # the commonest value, the same in both forms: no call
+            continue
         try:
             out[name] = _from_wire(value)
         except _Malformed as bad:

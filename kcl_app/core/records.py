@@ -134,12 +134,21 @@ def _decode(raw: RawRecord, precision: Precision, checks: RecordChecks, now_mill
         check_provenance(doc, checks)
     except ValueError as exc:
         raise PoisonRecord(str(exc)) from exc
-    event = _field(doc, "eventName", str)
+    # each field is read directly when it has its type (the hot path); `_field` words the defect otherwise
+    event: Any = doc.get("eventName")
+    if type(event) is not str:
+        event = _field(doc, "eventName", str)
     if event not in _EVENTS:
         raise PoisonRecord("unknown eventName (not INSERT, MODIFY or REMOVE)")
-    table = _field(doc, "tableName", str)
-    event_id = _field(doc, "eventID", str)
-    ddb = _field(doc, "dynamodb", dict)
+    table = doc.get("tableName")
+    if type(table) is not str:
+        table = _field(doc, "tableName", str)
+    event_id = doc.get("eventID")
+    if type(event_id) is not str:
+        event_id = _field(doc, "eventID", str)
+    ddb: Any = doc.get("dynamodb")
+    if type(ddb) is not dict:
+        ddb = _field(doc, "dynamodb", dict)
     created = ddb.get("ApproximateCreationDateTime")
     try:
         micros = to_micros(created, precision)
@@ -150,14 +159,19 @@ def _decode(raw: RawRecord, precision: Precision, checks: RecordChecks, now_mill
     except (ValueError, OverflowError) as exc:
         raise PoisonRecord(f"dynamodb.ApproximateCreationDateTime: {exc}") from exc
     try:
-        wire_keys = _field(ddb, "Keys", dict, "dynamodb.")
+        wire_keys = ddb.get("Keys")
+        if type(wire_keys) is not dict:
+            wire_keys = _field(ddb, "Keys", dict, "dynamodb.")
         key = item_from_wire(wire_keys, "dynamodb.Keys")
         if not key:
             raise PoisonRecord("dynamodb.Keys is empty")
         check_key(key, checks.key_schemas.get(table))
         new_image = None
         if event != "REMOVE":
-            new_image = item_from_wire(_field(ddb, "NewImage", dict, "dynamodb."), "dynamodb.NewImage")
+            wire_image = ddb.get("NewImage")
+            if type(wire_image) is not dict:
+                wire_image = _field(ddb, "NewImage", dict, "dynamodb.")
+            new_image = item_from_wire(wire_image, "dynamodb.NewImage")
             for name, value in key.items():
                 if new_image.get(name) != value:
                     raise PoisonRecord(f"dynamodb.NewImage does not carry key attribute {name!r}")
