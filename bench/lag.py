@@ -231,6 +231,13 @@ def main() -> int:
             if copier_lags and ours:
                 print(f"ratio copier/tablesync: p50 {pct(copier_lags, 50) / pct(ours, 50):.1f}x, "
                       f"p99 {pct(copier_lags, 99) / pct(ours, 99):.1f}x")
+            # where tablesync's lag goes, per batch: waiting to be delivered (the stream's side), then applying
+            delivery = [float(v) for d in docs if d.get("Shard") for v in d.get("DeliveryMs", [])]
+            apply = [float(v) for d in docs if d.get("Target") for v in d.get("ApplyMs", [])]
+            for label, values in (("  read: arrival -> delivered, per batch", delivery),
+                                  ("  apply: delivered -> applied, per job", apply)):
+                if values:
+                    print(f"{label:<40}{len(values):>9}{pct(values, 50):>9.0f}{pct(values, 99):>9.0f}")
             print(f"lease hand-offs during the measurement: {moves}; load average {os.getloadavg()[0]:.1f}; "
                   "shard-process RSS now/peak: " + ", ".join(f"{r:.0f}/{h:.0f}" for r, h in rss) + " MB")
         finally:

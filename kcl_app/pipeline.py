@@ -70,6 +70,7 @@ class Prepared:
     plans: dict[str, TargetPlan]
     unsettled: set[int]
     sink: DeadLetterSink | None = None  # where this batch parks (None: the pipeline's own store)
+    started_ms: float = 0.0  # when the engine was given the batch (epoch ms): ApplyMs counts from it
 
 
 class Pipeline:
@@ -131,6 +132,7 @@ class Pipeline:
     def prepare(self, records: Sequence[RawRecord], only: Iterable[str] | None = None,
                 sink: DeadLetterSink | None = None) -> Prepared:
         """Steps 1-3: decode, route, park what is poison or unmapped, plan per target."""
+        started_ms = self.clock.now() * 1000.0
         rules = self.rules if only is None else [r for r in self.rules if r.name in set(only)]
         result = BatchResult(len(records), -1, {r.name: TargetCounts() for r in rules})
         unsettled: set[int] = set()
@@ -140,7 +142,7 @@ class Pipeline:
         poison: list[tuple[int, DeadLetter]] = []
         unmapped: list[tuple[int, DeadLetter]] = []
         unmapped_tables: set[str] = set()
-        now_ms = self.clock.now() * 1000.0  # bounds the version of a record whose arrival is unknown
+        now_ms = started_ms  # bounds the version of a record whose arrival is unknown
         for index, raw in enumerate(records):
             try:
                 change = decode(raw, self.precision, self.checks, now_ms)
@@ -175,7 +177,7 @@ class Pipeline:
                          for i, c, why in bad]
             result.poison += len(unplanned)
             unsettled |= self._park(unplanned, sink=sink)
-        return Prepared(records, result, plans, unsettled, sink)
+        return Prepared(records, result, plans, unsettled, sink, started_ms)
 
     def finish(self, prepared: Prepared) -> BatchResult:
         """6 the checkpoint: the last record with everything up to it settled; 7 the stream's metrics."""
@@ -220,12 +222,14 @@ class Pipeline:
         with self._lock:
             prepared.unsettled |= unsettled
 
-        # 7 metrics, one EMF document per target
+        # 7 metrics, one EMF document per target. LagMs: source write -> applied, per change; ApplyMs:
+        # batch given to the engine -> settled in this target, per batch (the processor's DeliveryMs is
+        # the part before: arrival in the stream -> given to the processor)
         self.metrics.emit(
             {"Target": name},
             {"Applied": counts.applied, "StaleSkipped": counts.stale, "Duplicates": counts.duplicate,
              "Coalesced": counts.coalesced, "Parked": counts.parked, "Retries": counts.retries},
-            {"LagMs": counts.lag_ms},
+            {"LagMs": counts.lag_ms, "ApplyMs": [now_ms - prepared.started_ms] if plan.writes else []},
         )
         return unsettled
 

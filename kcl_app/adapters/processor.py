@@ -104,6 +104,7 @@ class ReplicationProcessor(RecordProcessorBase):
         if not self.lease_held:
             log.warning("records after lease loss ignored")
             return
+        received_ms = self.clock.now() * 1000.0
         try:
             incoming = list(process_records_input.records)
             assert self.pipeline is not None and self.lanes is not None, "initialize was not called"
@@ -140,8 +141,13 @@ class ReplicationProcessor(RecordProcessorBase):
             self.lanes.wait(ahead)
         try:
             behind = process_records_input.millis_behind_latest
+            # DeliveryMs: how long the batch's oldest record waited between its arrival in the stream
+            # and this call (the daemon's polling, GetRecords, the previous batch still being answered)
+            first = getattr(incoming[0], "timestamp_millis", None) if incoming else None
+            delivery = [received_ms - first] if type(first) is int else []
             self.metrics.emit({"Shard": self.shard_id}, {"Records": len(incoming)},
-                              {"MillisBehindLatest": [float(behind)] if behind is not None else []})
+                              {"MillisBehindLatest": [float(behind)] if behind is not None else [],
+                               "DeliveryMs": delivery})
             self.lanes.tick()
         except Exception:  # metrics never stop a shard
             log.warning("shard metrics not emitted", exc_info=True)

@@ -178,3 +178,27 @@ def test_shutdown_requested_always_checkpoints_so_a_lease_hand_off_is_not_delaye
     ])
     checkpoints = [m for m in out if m["action"] == "checkpoint"]
     assert checkpoints == [{"action": "checkpoint", "sequenceNumber": "43", "subSequenceNumber": 0}] * 2
+
+
+def test_each_batch_reports_its_delivery_wait_and_each_targets_apply_time(engine, clock) -> None:
+    eng, _ = engine
+    sim = SourceSim("source")
+    sim.put({"pk": {"S": "k1"}})
+    sim.put({"pk": {"S": "k2"}})
+    metrics = RecordingMetrics()
+    proc = ReplicationProcessor(lambda: eng.pipeline, clock, metrics, exit=_exit)
+    arrived = int(clock.now() * 1000) - 1234  # the oldest record arrived in the stream 1.234 s ago
+    msgs = [{**record_msg(d, f"{i + 1}"), "approximateArrivalTimestamp": arrived + i}
+            for i, d in enumerate(sim.records)]
+    run(proc, [
+        {"action": "initialize", "shardId": "shardId-1", "sequenceNumber": "LATEST", "subSequenceNumber": 0},
+        {"action": "processRecords", "records": msgs, "millisBehindLatest": 0},
+        ack("2"),
+        {"action": "processRecords", "records": [], "millisBehindLatest": 0},
+    ])
+    shard = [samples for dims, _, samples in metrics.emitted if dims == {"Shard": "shardId-1"}]
+    assert [s["DeliveryMs"] for s in shard] == [[1234.0], []]  # an empty batch has no oldest record
+    applied = [samples for dims, _, samples in eng.pipeline.metrics.emitted  # type: ignore[attr-defined]
+               if dims == {"Target": "one"} and "ApplyMs" in samples]
+    assert [len(s["ApplyMs"]) for s in applied] == [1] and applied[0]["ApplyMs"][0] >= 0
+    assert len(applied[0]["LagMs"]) == 2
