@@ -50,8 +50,11 @@ EXIT_ENGINE_BUG = 70
 EXIT_CANNOT_START = 78  # configuration (EX_CONFIG): e.g. a source key schema that cannot be learned
 # Records per lanes job: a batch of up to 10,000 (a full GetRecords page) is handed to the lanes in
 # jobs of this size, one prepared ahead while the previous one is written: memory stays that of two
-# jobs whatever the page size, and decoding overlaps the targets' round trips.
-JOB_RECORDS = 1_000
+# jobs whatever the page size, and decoding overlaps the targets' round trips. A target writes a job
+# in rounds of `max_concurrency` transactions of 50 changes, and the job's last round is partly idle:
+# 2,000 records keep that idle part small (bench/catchup: +16 % changes/s and -15 % CPU per change
+# over 1,000, for ~7 MB more at the peak).
+JOB_RECORDS = 2_000
 
 
 class CheckpointFailure(enum.Enum):
