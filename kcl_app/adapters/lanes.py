@@ -17,7 +17,8 @@ Contract (what the record processor relies on), in numbered steps:
 3. `wait(batch)` waits for the lanes of HEALTHY targets only, and for the writes parked at once
    (local and quick). Once the first healthy target has settled, the others get `patience` seconds
    more (None: until they settle); a healthy lane still busy then is marked `failing`: the shard
-   stops waiting for it; its writes keep going in the background, within their budget. A target
+   stops waiting for it; its writes keep going in the background, within their budget, and it is
+   waited for again once a job of it settles with none queued behind (it has caught up). A target
    is given up on only when it is slower than another: alone, or when all are equally slow (a
    catch-up reading full pages), the targets are waited for, so that the shard is paced by them
    instead of piling writes up to `max_backlog` and parking the rest.
@@ -199,8 +200,8 @@ class Lanes:
                 before, state = health.recovered, health.state
                 if spent:
                     health.spent(spent)
-                else:
-                    health.succeeded()
+                else:  # behind: jobs queued after this one (this job's writes still count in the backlog)
+                    health.succeeded(behind=self.backlog[name] > writes)
                 recovered = health.recovered != before
             if spent and state != "open" and state != "probing":
                 log.warning("target %s: retry budget spent (%s); its changes park at once until a probe "

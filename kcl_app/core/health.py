@@ -5,12 +5,15 @@ States and transitions (each transition is one method call; nothing else changes
 1. `healthy`: every write is sent, and the shard waits (a short patience) for the target's lane.
 2. `failing`: the lane has work older than the patience (`slow()`): the shard stops waiting for it;
    its writes are still sent, in the background, within their budget. A job that settles without a
-   spent budget (`succeeded()`) brings it back to `healthy`.
+   spent budget (`succeeded()`) brings it back to `healthy` once the lane has caught up (no job
+   queued behind it); until then it stays `failing`, so that a target working through a backlog is
+   not waited for on every other batch.
 3. `open`: a budget was spent (`spent()`): new writes of the target are parked at once (durably),
    never sent, until the next probe is due. Probe delays grow from `probe_base` to `probe_cap`.
 4. `probing`: `admit()` found the probe due and let ONE job through (its real writes are the probe;
-   every other job still parks). Its success -> `healthy` (`recovered` counts the recovery, which
-   starts the self-healing of the parked backlog); its failure -> `open` with a longer delay.
+   every other job still parks). Its success -> `healthy`, or `failing` while jobs are queued behind
+   it (`recovered` counts the recovery, which starts the self-healing of the parked backlog); its
+   failure -> `open` with a longer delay.
 
 `paused` (the operator's `tablesync pause`) overrides all of them: everything parks, nothing is sent.
 """
@@ -69,11 +72,12 @@ class TargetHealth:
             return True
         return False
 
-    def succeeded(self) -> None:
-        """A sent job settled within its budget (applied, stale, or refused item by item)."""
+    def succeeded(self, behind: bool = False) -> None:
+        """A sent job settled within its budget (applied, stale, or refused item by item). `behind`:
+        more jobs of the target are queued after it; a target that was not waited for stays so."""
         if self.state in ("open", "probing"):
             self.recovered += 1
-        self.state = "healthy"
+        self.state = "failing" if behind and self.state != "healthy" else "healthy"
         self.failures = 0
         self.opened_at = None
         self.last_error = ""

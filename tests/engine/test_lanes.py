@@ -217,6 +217,43 @@ def test_a_silent_target_is_not_waited_for_and_the_checkpoint_stays_behind_it(cl
     assert sum(r.startswith("target b is open") and r.endswith("parked without sending") for r in reasons) == 6
 
 
+def test_a_slow_target_working_through_its_queue_is_not_waited_for_again_until_it_has_caught_up(
+        clock, tmp_path, caplog) -> None:
+    # b takes longer than the patience on every job: given up on once, it must not be waited for (and
+    # given up on) again on every later batch while its lane still holds jobs, only once caught up
+    stack = Stack(clock, tmp_path, patience=0.05)
+    stack.healing = False
+    a, b = stack.targets["a"], stack.targets["b"]
+    b.delay = 0.6  # long beside the patience and beside submitting three small batches, even under load
+    second_call = threading.Event()
+    slow_apply = b.apply
+
+    def apply(writes: Sequence[Write], deadline: float) -> ApplyResult:
+        if b.calls == 1:  # the lane starts its second job: the first has settled, two are queued
+            second_call.set()
+        return slow_apply(writes, deadline)
+
+    b.apply = apply  # type: ignore[method-assign]
+    states: list[str] = []
+
+    def after_first_job() -> None:
+        assert second_call.wait(timeout=30)
+        assert stack.lanes is not None
+        states.append(stack.lanes.health["b"].state)
+
+    caplog.set_level("INFO", logger="tablesync.lanes")
+    script: list[dict[str, Any] | Callable[[], object]] = [
+        stack.batch(), stack.batch(), stack.batch(), after_first_job, stack.batch(), stack.batch(),
+        {"action": "shardEnded"}]
+    daemon = stack.run(script)
+    given_up = [r for r in caplog.records if r.getMessage().startswith("target b: still writing")]
+    assert len(given_up) == 1, [r.getMessage() for r in given_up]
+    assert states == ["failing"]  # its first job settled with jobs queued behind it: still not waited for
+    assert stack.lanes is not None and stack.lanes.health["b"].state == "healthy"  # caught up at the end
+    assert daemon.checkpoints()[-1] is None and a.items == b.items == stack.source()
+    assert stack.parked("b") == []
+
+
 def test_targets_that_are_all_slow_are_waited_for_and_nothing_is_parked(clock, tmp_path) -> None:
     # a catch-up: every target takes longer than the patience for a full page; none is slower than
     # another, so none is given up on: the shard is paced by them, nothing piles up, nothing parks

@@ -65,3 +65,22 @@ def test_rate_cap_is_a_token_bucket() -> None:
     now.t += 10.0
     assert cap.delay(1) == 0.0  # refilled, never beyond one second's worth
     assert cap.delay(9) == 0.0 and cap.delay(1) == 0.1
+
+
+def test_a_target_not_waited_for_is_waited_for_again_only_once_it_has_caught_up() -> None:
+    now = Tick()
+    h = TargetHealth(now)
+    h.slow()
+    h.succeeded(behind=True)  # settled, but jobs are queued behind it: still not waited for
+    assert h.state == "failing" and not h.waited_for
+    h.succeeded(behind=False)
+    assert h.state == "healthy" and h.waited_for
+    h.succeeded(behind=True)  # a healthy target with a queue was never slow: it stays healthy
+    assert h.state == "healthy"
+    h.spent("x")
+    now.t += 2.0
+    assert h.admit() == "probe"
+    h.succeeded(behind=True)  # recovered, with live jobs queued behind the probe
+    assert h.state == "failing" and h.recovered == 1 and h.admit() == "send" and h.failures == 0
+    h.succeeded()
+    assert h.state == "healthy" and h.recovered == 1
