@@ -48,6 +48,7 @@ log = logging.getLogger("tablesync.processor")
 EXIT_UNSETTLED = 3  # a batch could neither be applied nor parked
 EXIT_ENGINE_BUG = 70
 EXIT_CANNOT_START = 78  # configuration (EX_CONFIG): e.g. a source key schema that cannot be learned
+SLOW_CHECKPOINT_SECONDS = 1.0  # a checkpoint slower than this is logged: the next batch waits for it
 # Records per lanes job: a batch of up to 10,000 (a full GetRecords page) is handed to the lanes in
 # jobs of this size, one prepared ahead while the previous one is written: memory stays that of two
 # jobs whatever the page size, and decoding overlaps the targets' round trips. A target writes a job
@@ -259,7 +260,12 @@ class ReplicationProcessor(RecordProcessorBase):
         lease -- and is logged at INFO: the next owner resumes from the last checkpoint taken."""
         for attempt in range(self.checkpoint_attempts):
             try:
+                asked = self.clock.monotonic()
                 checkpointer.checkpoint(sequence, sub)
+                took = self.clock.monotonic() - asked
+                if took >= SLOW_CHECKPOINT_SECONDS:  # the shard waits for it: its next batch is that late
+                    log.warning("checkpoint at %s took %.1f s (the daemon's answer: its lease table write)",
+                                sequence, took)
                 return True
             except CheckpointError as err:
                 kind = CheckpointFailure.of(err)

@@ -202,3 +202,17 @@ def test_each_batch_reports_its_delivery_wait_and_each_targets_apply_time(engine
                if dims == {"Target": "one"} and "ApplyMs" in samples]
     assert [len(s["ApplyMs"]) for s in applied] == [1] and applied[0]["ApplyMs"][0] >= 0
     assert len(applied[0]["LagMs"]) == 2
+
+
+def test_a_slow_checkpoint_is_logged_because_the_next_batch_waits_for_it(engine, clock, caplog) -> None:
+    eng, _ = engine
+
+    class SlowDaemon:
+        def checkpoint(self, sequence: str | None, sub: int | None) -> None:
+            clock.advance(2.5)  # the daemon answers 2.5 s later (its lease-table write)
+
+    proc = ReplicationProcessor(lambda: eng.pipeline, clock, RecordingMetrics(), exit=_exit)
+    caplog.set_level("INFO", logger="tablesync.processor")
+    assert proc._checkpoint(SlowDaemon(), "00042", 0)
+    assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == [
+        "checkpoint at 00042 took 2.5 s (the daemon's answer: its lease table write)"]
