@@ -54,7 +54,7 @@ SLOW_CHECKPOINT_SECONDS = 1.0  # a checkpoint slower than this is logged: the ne
 # jobs whatever the page size, and decoding overlaps the targets' round trips. A target writes a job
 # in rounds of `max_concurrency` transactions of 50 changes, and the job's last round is partly idle:
 # 2,000 records keep that idle part small (bench/catchup: +16 % changes/s and -15 % CPU per change
-# over 1,000, for ~7 MB more at the peak).
+# over 1,000, for ~9 MB more at the peak).
 JOB_RECORDS = 2_000
 
 

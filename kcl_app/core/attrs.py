@@ -331,7 +331,9 @@ def project(
     include: Iterable[str] | None = None,
     exclude: Iterable[str] | None = None,
 ) -> Item:
-    """Keep `include` (all when None), drop `exclude`; key attributes are always kept."""
+    """Keep `include` (all when None), drop `exclude`; key attributes are always kept. Always a new dict."""
+    if include is None and not exclude:
+        return dict(item)  # every attribute (the commonest rule, once per change and target): no filtering
     keys = set(key_names)
     inc = None if include is None else set(include)
     exc = set(exclude or ())

@@ -41,10 +41,7 @@ class TargetRule:
         no value unless `log_values`."""
         if change.new_image is None:
             return None
-        if self.include is None and not self.exclude:
-            item = dict(change.new_image)  # every attribute: a shallow copy, no filtering
-        else:
-            item = project(change.new_image, change.key, self.include, self.exclude)
+        item = project(change.new_image, change.key, self.include, self.exclude)
         if self.transform is None:
             return item
         try:
